@@ -1,0 +1,80 @@
+"""Every exception brokeragents raises derives from :class:`BrokerAgentsError`.
+
+Misuse and state errors also subclass the matching builtin, so code written for MiniAgents that
+catches ``ValueError`` or ``RuntimeError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class BrokerAgentsError(Exception):
+    """Root of every brokeragents error."""
+
+
+class PromisingError(BrokerAgentsError):
+    """Raised when the promise layer is misused."""
+
+
+class FunctionNotProvidedError(PromisingError, ValueError):
+    """Raised when a promise needs a resolver, streamer or flattener and none was given."""
+
+
+class AppenderNotOpenError(PromisingError, RuntimeError):
+    """Raised when appending to an appender that was never opened."""
+
+
+class AppenderClosedError(PromisingError, RuntimeError):
+    """Raised when appending to, or reopening, an appender that is closed."""
+
+
+class PromisingContextError(PromisingError, RuntimeError):
+    """Raised when the active context is missing or of the wrong kind."""
+
+
+class NoActiveContextError(PromisingContextError):
+    """Raised when something needs an active context and none is active."""
+
+
+class WrongActiveContextError(PromisingContextError):
+    """Raised when the active context is not of the class that was asked for."""
+
+
+class MessageTooLargeError(BrokerAgentsError, ValueError):
+    """Raised when a message or token is bigger than the configured size limit."""
+
+
+class WireFormatError(BrokerAgentsError, ValueError):
+    """Raised when an entry read from Redis is malformed, oversized or of an unknown class."""
+
+
+class UnknownMessageClassError(WireFormatError):
+    """Raised when an entry names a class that is not registered as a message class."""
+
+
+class AgentNotServedError(BrokerAgentsError, LookupError):
+    """Raised when no live worker serves an agent alias within the timeout."""
+
+
+class RemoteError(BrokerAgentsError):
+    """Base of the exceptions rebuilt from error entries written by another process.
+
+    A remote ``ValueError`` is re-raised as ``ValueError`` itself; a type name that is not a
+    builtin exception becomes a subclass of this class with the same name.
+    """
+
+
+__all__ = (
+    "AgentNotServedError",
+    "AppenderClosedError",
+    "AppenderNotOpenError",
+    "BrokerAgentsError",
+    "FunctionNotProvidedError",
+    "MessageTooLargeError",
+    "NoActiveContextError",
+    "PromisingContextError",
+    "PromisingError",
+    "RemoteError",
+    "UnknownMessageClassError",
+    "WireFormatError",
+    "WrongActiveContextError",
+)
