@@ -1,0 +1,165 @@
+"""MiniAgents: the application-wide context, with persistence hooks and error policy.
+
+Persistence is deduplicated by ``hash_key`` (MiniAgents 0.0.35 deduplicates per instance, so
+equal messages were persisted twice, and a message referencing the same sub-message twice
+deadlocked; see docs/migrating-from-miniagents.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from brokeragents.context import PromisingContext, PromiseResolvedEventHandler
+from brokeragents.frozen import Frozen
+from brokeragents.messages import Message
+
+if TYPE_CHECKING:
+    from brokeragents.agents import AgentCall, MiniAgent
+    from brokeragents.promise import Promise
+
+PersistMessagesEventHandler = Callable[[Iterable[Message]], Awaitable[None]]
+
+
+def direct_sub_messages(node: Any) -> Iterator[Message]:
+    """The messages a value refers to directly (inside nested Frozen values and tuples)."""
+    if isinstance(node, tuple):
+        for item in node:
+            yield from _messages_in_value(item)
+        return
+    for name in node.keys():
+        if name != "class_":
+            yield from _messages_in_value(node[name])
+
+
+def _messages_in_value(value: Any) -> Iterator[Message]:
+    if isinstance(value, Message):
+        yield value
+    elif isinstance(value, Frozen | tuple):
+        yield from direct_sub_messages(value)
+
+
+class MiniAgents(PromisingContext):
+    """The context every agent runs in (``async with MiniAgents(redis_url=...):``)."""
+
+    def __init__(
+        self,
+        *,
+        stream_llm_tokens_by_default: bool = True,
+        llm_logger_agent: Any = False,
+        on_persist_messages: PersistMessagesEventHandler | Iterable[PersistMessagesEventHandler] = (),
+        on_promise_resolved: PromiseResolvedEventHandler | Iterable[PromiseResolvedEventHandler] = (),
+        errors_as_messages: bool = False,
+        error_tracebacks_in_messages: bool = False,
+        log_reduced_tracebacks: bool = True,
+        await_reply_persistence_before_agent_finish: bool = False,
+        logger: logging.Logger | None = None,
+        **promising_kwargs: Any,
+    ) -> None:
+        if callable(on_promise_resolved):
+            on_promise_resolved = [on_promise_resolved]
+        # Our own persistence trigger comes first, as in MiniAgents.
+        super().__init__(
+            on_promise_resolved=[self._apersist_resolved_message, *on_promise_resolved],
+            logger=logger,
+            **promising_kwargs,
+        )
+        self.stream_llm_tokens_by_default = stream_llm_tokens_by_default
+        self.llm_logger_agent = llm_logger_agent
+        self.errors_as_messages = errors_as_messages
+        self.error_tracebacks_in_messages = error_tracebacks_in_messages
+        self.log_reduced_tracebacks = log_reduced_tracebacks
+        self.await_reply_persistence_before_agent_finish = await_reply_persistence_before_agent_finish
+        self._persist_handlers: list[PersistMessagesEventHandler] = []
+        if callable(on_persist_messages):
+            on_persist_messages = [on_persist_messages]
+        for handler in on_persist_messages:
+            self.on_persist_messages(handler)
+        self._persisted_hash_keys: set[str] = set()
+        self.top_level_calls: list[AgentCall] = []
+
+    def on_persist_messages(self, handler: PersistMessagesEventHandler) -> PersistMessagesEventHandler:
+        """Register an async ``(messages)`` handler; usable as a decorator."""
+        if not asyncio.iscoroutinefunction(handler):
+            raise ValueError(f"The on_persist_messages handler {handler!r} must be an async function.")
+        self._persist_handlers.append(handler)
+        return handler
+
+    async def _apersist_resolved_message(self, _promise: Promise[Any], result: Any) -> None:
+        if isinstance(result, Message):
+            await self.apersist_messages(result, extend_with_sub_messages=True, parallelise_handlers=True)
+
+    async def apersist_messages(
+        self,
+        message_or_messages: Message | Iterable[Message],
+        extend_with_sub_messages: bool = True,
+        parallelise_handlers: bool = False,
+        raise_on_error: bool = True,
+    ) -> list[Message]:
+        """Hand the messages not persisted yet (by hash key) to the handlers; return them.
+
+        With ``extend_with_sub_messages`` each message's sub-messages come first, children
+        before parents. A message whose handler failed is not retried.
+        """
+        messages = [message_or_messages] if isinstance(message_or_messages, Message) else message_or_messages
+        batch: list[Message] = []
+        for message in messages:
+            self._collect_unpersisted(message, extend_with_sub_messages, batch)
+        if not batch or not self._persist_handlers:
+            return batch
+        calls = [handler(batch) for handler in self._persist_handlers]
+        try:
+            if parallelise_handlers:
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                errors = [result for result in results if isinstance(result, BaseException)]
+                if errors:
+                    raise errors[0]
+            else:
+                for call in calls:
+                    await call
+        except Exception:
+            for call in calls:  # close the coroutines a failure left unstarted
+                if asyncio.iscoroutine(call) and call.cr_frame is not None and not call.cr_running:
+                    call.close()
+            if raise_on_error:
+                raise
+            self.logger.exception("A persistence handler failed")
+        return batch
+
+    def _collect_unpersisted(self, message: Message, with_subs: bool, batch: list[Message]) -> None:
+        # Marked before the handlers run: no locks, so no self-deadlock on repeated references.
+        if message.persistence_not_needed or message.hash_key in self._persisted_hash_keys:
+            return
+        if with_subs:
+            for sub_message in direct_sub_messages(message):
+                self._collect_unpersisted(sub_message, True, batch)
+        if message.hash_key in self._persisted_hash_keys:
+            return
+        self._persisted_hash_keys.add(message.hash_key)
+        batch.append(message)
+
+    def run_agent(self, agent: MiniAgent, messages: Any = None, **kwargs: Any) -> tuple[Message, ...]:
+        """Trigger ``agent`` and wait for all its replies (a blocking helper)."""
+
+        async def _arun() -> tuple[Message, ...]:
+            return await agent.trigger(messages, **kwargs)
+
+        return self.run(_arun())
+
+    async def aflush_tasks(self) -> None:
+        """Finish top-level calls left open and wait for every task, until none is left (A7).
+
+        Calls opened while waiting are finished too, so an agent blocked on an input that
+        nobody will close cannot keep the context from exiting.
+        """
+        while self.child_tasks or self.top_level_calls:
+            for call in self.top_level_calls:
+                call.finish()
+            self.top_level_calls.clear()
+            if self.child_tasks:
+                await asyncio.wait(set(self.child_tasks), return_when=asyncio.FIRST_COMPLETED)
+
+
+__all__ = ("MiniAgents", "PersistMessagesEventHandler", "direct_sub_messages")
