@@ -65,20 +65,29 @@ class AgentCall:
         call_kwargs: Frozen,
         start_soon: bool | Sentinel,
         errors_as_messages: bool | Sentinel,
+        *,
+        call_id: str | None = None,
+        served_input: MessageSequencePromise | None = None,
     ) -> None:
+        """``served_input`` is given by a worker serving a call made elsewhere (input from Redis)."""
         self.agent = agent
         self.mini_agents = mini_agents
-        self.call_id = new_id()
+        self.call_id = call_id or new_id()
         self._parent = parent
         self._call_kwargs = call_kwargs
         store = mini_agents.store
         keys = store.keys if store is not None else None
-        self._input = MessageSequence(
-            start_soon=False,
-            errors_as_messages=False,
-            redis_key=keys.call_input(self.call_id) if keys else None,
-        )
-        self._input.message_appender.open()
+        self._input: MessageSequence | None = None
+        if served_input is None:
+            self._input = MessageSequence(
+                start_soon=False,
+                errors_as_messages=False,
+                redis_key=keys.call_input(self.call_id) if keys else None,
+            )
+            self._input.message_appender.open()
+            self._input_promise = self._input.sequence_promise
+        else:
+            self._input_promise = served_input
         if isinstance(errors_as_messages, Sentinel):
             errors_as_messages = mini_agents.errors_as_messages
         self.errors_as_messages = errors_as_messages
@@ -91,6 +100,8 @@ class AgentCall:
         self._reply.message_appender.open()
         self._call_node_promise: Promise[AgentCallNode] | None = None
         self._body_started = False
+        if served_input is not None:
+            return  # the caller registered and described the call
         if parent is not None:
             parent._child_calls.append(self)
         else:
@@ -126,8 +137,13 @@ class AgentCall:
 
     def send_message(self, messages: Any, out_of_order: bool = False) -> Self:
         """Send more input; the agent sees it as soon as it is sent."""
-        self._input.message_appender.append(messages, out_of_order=out_of_order)
+        self._local_input().message_appender.append(messages, out_of_order=out_of_order)
         return self
+
+    def _local_input(self) -> MessageSequence:
+        if self._input is None:
+            raise TypeError("The input of a call served from Redis is written by its caller.")
+        return self._input
 
     def send_out_of_order(self, messages: Any) -> Self:
         return self.send_message(messages, out_of_order=True)
@@ -140,12 +156,13 @@ class AgentCall:
 
     def finish(self) -> Self:
         """Close the input: the agent's ``async for`` over its input ends."""
-        self._input.message_appender.close()
+        if self._input is not None:
+            self._input.message_appender.close()
         return self
 
     @property
     def is_finished(self) -> bool:
-        return not self._input.message_appender.is_open
+        return self._input is None or not self._input.message_appender.is_open
 
     # --- running the agent -----------------------------------------------------------------------
 
@@ -163,6 +180,22 @@ class AgentCall:
         Promise(start_soon=True, resolver=self._abuild_reply_node)
 
     async def _arun_body(self, _promise: Any) -> AgentCallNode:
+        from brokeragents import remote  # remote builds on this module
+
+        if await remote.aruns_remotely(self):
+            await remote.aforward_to_worker(self)
+        else:
+            await self._arun_here()
+        node = AgentCallNode(
+            agent=self.agent,
+            messages=await self._input_promise,
+            **self.agent.interaction_metadata.as_kwargs(),
+            **self._call_kwargs.as_kwargs(),
+        )
+        self._record_node("call_node", node)
+        return node
+
+    async def _arun_here(self) -> None:
         ictx = InteractionContext(self)
         token = _current_interaction.set(ictx)
         error: BaseException | None = None
@@ -182,15 +215,6 @@ class AgentCall:
         finally:
             _current_interaction.reset(token)
         await self._aclose_reply(error)
-        input_messages = await self._input.sequence_promise
-        node = AgentCallNode(
-            agent=self.agent,
-            messages=input_messages,
-            **self.agent.interaction_metadata.as_kwargs(),
-            **self._call_kwargs.as_kwargs(),
-        )
-        self._record_node("call_node", node)
-        return node
 
     async def _ainvoke(self, ictx: InteractionContext) -> None:
         agent = self.agent
@@ -246,7 +270,7 @@ class InteractionContext:
         self.call = call
         self.this_agent = call.agent
         self.miniagents = call.mini_agents
-        self.message_promises: MessageSequencePromise = call._input.sequence_promise
+        self.message_promises: MessageSequencePromise = call._input_promise
         self.parent = call._parent
         self._reply_appender: MessageSequenceAppender = call._reply.message_appender
         self._child_calls: list[AgentCall] = []

@@ -55,6 +55,18 @@ class AgentNotServedError(BrokerAgentsError, LookupError):
     """Raised when no live worker serves an agent alias within the timeout."""
 
 
+class ReplyRestartedError(BrokerAgentsError):
+    """Raised in a reply when its worker was lost and the call restarted on another worker.
+
+    It marks the restart for live consumers: what streamed before it belongs to an abandoned
+    attempt. Awaiting the whole reply gives only the messages of the attempt that completed.
+    """
+
+
+class CallFailedError(BrokerAgentsError):
+    """Raised in a reply when a call was given up (it kept crashing workers, or was rejected)."""
+
+
 class RemoteError(BrokerAgentsError):
     """Base of the exceptions rebuilt from error entries written by another process.
 
@@ -73,7 +85,9 @@ __all__ = (
     "NoActiveContextError",
     "PromisingContextError",
     "PromisingError",
+    "CallFailedError",
     "RemoteError",
+    "ReplyRestartedError",
     "UnknownMessageClassError",
     "WireFormatError",
     "WrongActiveContextError",

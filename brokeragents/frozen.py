@@ -81,7 +81,7 @@ def cached_privately(func: Callable[[_SelfT], _ResultT]) -> Callable[[_SelfT], _
 
 
 def _use_longer_hash_keys() -> bool:
-    from brokeragents.context import current_context_or_none  # lazy: context imports messages
+    from brokeragents.context import current_context_or_none  # lazy: no import cycle with context
 
     context = current_context_or_none()
     if context is not None and isinstance(context.longer_hash_keys, bool):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias, Union
 from pydantic import BaseModel
 
 from brokeragents.appender import StreamAppender
+from brokeragents.errors import ReplyRestartedError
 from brokeragents.keys import new_id
 from brokeragents.message_promise import MessagePromise
 from brokeragents.messages import ErrorMessage, Message, TextMessage, TextToken
@@ -157,7 +158,29 @@ class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[Message, ...]
         return self._redis_key
 
     async def _aresolver(self) -> tuple[Message, ...]:
-        return tuple([await promise async for promise in self])
+        collected: list[MessagePromise] = []
+        iterator = StreamedPromise.__aiter__(self)
+        index = 0
+        while True:
+            try:
+                piece: MessagePromise | BaseException = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except ReplyRestartedError:
+                collected.clear()  # the whole reply is the attempt that completed, alone
+                index += 1
+                continue
+            except Exception as exc:
+                piece = exc
+            collected.append(self._resolved_piece(index, piece))
+            index += 1
+        return tuple([await promise for promise in collected])
+
+    def _resolved_piece(self, index: int, piece: MessagePromise | BaseException) -> MessagePromise:
+        """What ``await`` makes of one piece: errors raise here (the safe view converts them)."""
+        if isinstance(piece, BaseException):
+            raise piece
+        return piece
 
     def _on_piece(self, piece: Any, *, is_error: bool) -> None:
         if self._store is not None and self._redis_key is not None:
@@ -198,6 +221,9 @@ class SafeMessageSequencePromise(MessageSequencePromise):
 
     def __aiter__(self) -> AsyncIterator[MessagePromise]:
         return _ConvertingIterator(self, super().__aiter__())
+
+    def _resolved_piece(self, index: int, piece: MessagePromise | BaseException) -> MessagePromise:
+        return self._convert(index, piece)
 
     def _convert(self, index: int, piece: MessagePromise | BaseException) -> MessagePromise:
         converted = self._converted.get(index)

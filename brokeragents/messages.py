@@ -208,6 +208,10 @@ class TextMessage(Message, TextToken):
 class ErrorMessage(TextMessage):
     """A message made from an exception, when errors are turned into messages."""
 
+    # Restated so that the pydantic mypy plugin keeps the positional `content` for this class too.
+    def __init__(self, content: str | None = None, **metadata: Any) -> None:
+        super().__init__(content, **metadata)
+
 
 def _is_reference(value: Any) -> bool:
     # Only the first item decides: MiniAgents does not support mixing messages with other values.

@@ -25,4 +25,11 @@ class AgentReplyNode(AgentInteractionNode):
     replies: tuple[Message, ...]
 
 
-__all__ = ("AgentCallNode", "AgentInteractionNode", "AgentReplyNode")
+
+
+class CallKwargs(Message):
+    """The call-level kwargs of a call sent to a worker, carried as a message so nested messages
+    travel by hash reference like everywhere else."""
+
+
+__all__ = ("AgentCallNode", "AgentInteractionNode", "AgentReplyNode", "CallKwargs")

@@ -14,7 +14,7 @@ from typing import Any
 
 from brokeragents import wire
 from brokeragents.context import PromisingContext
-from brokeragents.errors import BrokerAgentsError, WireFormatError
+from brokeragents.errors import BrokerAgentsError, ReplyRestartedError, WireFormatError
 from brokeragents.frozen import Frozen
 from brokeragents.message_promise import MessagePromise
 from brokeragents.message_sequence import MessageSequencePromise, SafeMessageSequencePromise
@@ -89,6 +89,15 @@ def _position(fields: dict[bytes, bytes]) -> int:
     assert raw is not None
     if not raw.isdigit():
         raise WireFormatError(f"The entry position {raw!r} is not a number.")
+    return int(raw)
+
+
+def _attempt(fields: dict[bytes, bytes]) -> int:
+    raw = wire.field(fields, "a", max_bytes=20, required=False)
+    if raw is None:
+        return 1
+    if not raw.isdigit():
+        raise WireFormatError(f"The attempt number {raw!r} is not a number.")
     return int(raw)
 
 
@@ -226,6 +235,7 @@ class _RemoteSequenceStream(AsyncIterator[MessagePromise]):
         self._store = store
         self._tail = tail
         self._expected = 0
+        self._attempt = 1
         self._ended = False
 
     def __aiter__(self) -> _RemoteSequenceStream:
@@ -235,6 +245,15 @@ class _RemoteSequenceStream(AsyncIterator[MessagePromise]):
         while not self._ended:
             fields = await self._tail.anext_entry()
             try:
+                attempt = _attempt(fields)
+                if attempt < self._attempt:
+                    continue  # written late by a worker whose call was already taken over
+                if _kind(fields) == wire.KIND_RESTART:
+                    self._attempt = attempt
+                    self._expected = 0
+                    raise ReplyRestartedError(
+                        f"The worker serving this call was lost; the reply restarts (attempt {attempt})."
+                    )
                 position = _position(fields)
                 if position < self._expected:
                     continue  # a repeat written by a retried pipeline

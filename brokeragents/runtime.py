@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from brokeragents.context import PromisingContext, PromiseResolvedEventHandler
 from brokeragents.frozen import Frozen
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from brokeragents.promise import Promise
 
 PersistMessagesEventHandler = Callable[[Iterable[Message]], Awaitable[None]]
+RemoteCalls = Literal["auto", "always", "never"]
 
 
 def direct_sub_messages(node: Any) -> Iterator[Message]:
@@ -56,8 +57,14 @@ class MiniAgents(PromisingContext):
         log_reduced_tracebacks: bool = True,
         await_reply_persistence_before_agent_finish: bool = False,
         logger: logging.Logger | None = None,
+        remote_calls: RemoteCalls = "auto",
         **promising_kwargs: Any,
     ) -> None:
+        """``remote_calls`` decides, when connected to Redis, which calls go to worker processes:
+        ``"auto"`` (agents served by a live worker, and agents known only by alias), ``"always"``
+        or ``"never"``. Agents this process serves itself always run here."""
+        if remote_calls not in ("auto", "always", "never"):
+            raise ValueError(f"remote_calls must be 'auto', 'always' or 'never', not {remote_calls!r}.")
         if callable(on_promise_resolved):
             on_promise_resolved = [on_promise_resolved]
         # Our own persistence trigger comes first, as in MiniAgents.
@@ -79,6 +86,8 @@ class MiniAgents(PromisingContext):
             self.on_persist_messages(handler)
         self._persisted_hash_keys: set[str] = set()
         self.top_level_calls: list[AgentCall] = []
+        self.remote_calls: RemoteCalls = remote_calls
+        self.served_aliases: set[str] = set()  # filled by a worker for the agents it serves
 
     def on_persist_messages(self, handler: PersistMessagesEventHandler) -> PersistMessagesEventHandler:
         """Register an async ``(messages)`` handler; usable as a decorator."""

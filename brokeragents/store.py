@@ -72,6 +72,7 @@ class StreamStore:
         self._last_tokens: dict[str, _Tokens] = {}
         # Next position per open stream: token index of a message, entry index of a sequence.
         self._positions: dict[str, int] = {}
+        self._attempts: dict[str, str] = {}
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -228,13 +229,28 @@ class StreamStore:
     def sequence_end(self, sequence_key: str) -> None:
         self._add_sequence_entry(sequence_key, {"kind": wire.KIND_END})
         self._positions.pop(sequence_key, None)
+        self._attempts.pop(sequence_key, None)
         self._expire(sequence_key)
 
     def _add_sequence_entry(self, sequence_key: str, fields: dict[str, Any]) -> None:
         index = self._positions.get(sequence_key, 0)
         self._positions[sequence_key] = index + 1
         fields["i"] = str(index)
+        attempt = self._attempts.get(sequence_key)
+        if attempt is not None:
+            fields["a"] = attempt
         self._add(sequence_key, fields)
+
+    def start_sequence_attempt(self, sequence_key: str, attempt: int) -> None:
+        """Tag the entries this process writes to a call's reply with ``attempt``.
+
+        A retried call (attempt > 1) first writes a restart entry; readers drop what older
+        attempts wrote, so a reply never mixes two attempts.
+        """
+        self._attempts[sequence_key] = str(attempt)
+        self._positions.pop(sequence_key, None)
+        if attempt > 1:
+            self._add(sequence_key, {"kind": wire.KIND_RESTART, "a": str(attempt)})
 
     async def arecord_dead_letter(self, reason: str, **details: str) -> None:
         """Record a rejected entry in the dead-letter stream (trimmed), never raising."""

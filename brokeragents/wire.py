@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from brokeragents import errors as _errors
 from brokeragents.errors import RemoteError, WireFormatError
 from brokeragents.frozen import Frozen, lookup_frozen_class
 from brokeragents.messages import Message, TextToken, Token
@@ -25,9 +26,16 @@ KIND_TOKENS = "tokens"
 KIND_MESSAGE = "message"
 KIND_ERROR = "error"
 KIND_END = "end"
+KIND_RESTART = "restart"
 
 _MAX_ERROR_TEXT = 8192
 _remote_error_classes: dict[str, type[RemoteError]] = {}
+# Our own errors keep their class across processes (e.g. ReplyRestartedError).
+_OWN_ERRORS: dict[str, type[Exception]] = {
+    name: cls
+    for name, cls in vars(_errors).items()
+    if isinstance(cls, type) and issubclass(cls, _errors.BrokerAgentsError)
+}
 
 
 def encode_token(token: Token) -> Any:
@@ -64,6 +72,9 @@ def rebuild_error(type_name: str, message: str) -> BaseException:
     Only builtin exception classes are looked up by name; nothing else is ever resolved from the
     wire, so a hostile entry cannot make us instantiate arbitrary classes.
     """
+    own = _OWN_ERRORS.get(type_name)
+    if own is not None:
+        return own(message)
     builtin = getattr(builtins, type_name, None)
     if isinstance(builtin, type) and issubclass(builtin, Exception):
         try:

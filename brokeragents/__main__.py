@@ -1,0 +1,5 @@
+"""``python -m brokeragents`` runs the CLI."""
+
+from brokeragents.cli import main
+
+main()

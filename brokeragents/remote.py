@@ -1,0 +1,99 @@
+"""The caller's side of a call served by a worker process.
+
+The caller keeps its local ``AgentCall``: its input sequence is mirrored to the call's input
+stream as it is sent (full duplex works because the worker tails that stream), a request entry
+goes to the agent's inbox, and the reply stream written by the worker is forwarded, message by
+message and token by token, into the local reply sequence. Errors keep their position.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from brokeragents.message_sequence import MessageSequencePromise
+from brokeragents.nodes import CallKwargs
+from brokeragents.promise import StreamedPromise
+from brokeragents.registry import Registry
+from brokeragents.replay import aopen_sequence_promise
+
+if TYPE_CHECKING:
+    from brokeragents.calls import AgentCall
+
+DEFAULT_INBOX_MAXLEN = 100_000
+
+
+async def aruns_remotely(call: AgentCall) -> bool:
+    """Decide where a call runs (see ``MiniAgents(remote_calls=...)``)."""
+    mini_agents = call.mini_agents
+    store = mini_agents.store
+    if store is None or call.agent.alias in mini_agents.served_aliases:
+        return False
+    if call.agent.wrapped_func_or_class is None or mini_agents.remote_calls == "always":
+        return True  # known by alias only: a worker must serve it
+    if mini_agents.remote_calls == "never":
+        return False
+    return await Registry(store.redis, store.keys).ais_served(call.agent.alias)
+
+
+async def aforward_to_worker(call: AgentCall) -> None:
+    """Send the call to the agent's inbox and forward the worker's reply into ``call``'s reply."""
+    mini_agents = call.mini_agents
+    store = mini_agents.store
+    assert store is not None
+    keys = store.keys
+    # The worker writes the reply stream; the local reply sequence must not write it too.
+    call._reply.sequence_promise._store = None
+    mini_agents.start_soon(_adrain(call._input_promise))
+    kwargs_message = CallKwargs(**call._call_kwargs.as_kwargs())
+    store.store_message(kwargs_message)
+    await store.aflush()  # the worker loads the kwargs' sub-messages right away
+    from brokeragents.utils import display_agent_trace
+
+    parent = call._parent
+    await store.redis.xadd(
+        keys.agent_inbox(call.agent.alias),
+        {
+            "call_id": call.call_id,
+            "agent": call.agent.alias,
+            "kwargs": json.dumps(kwargs_message.serialize(), ensure_ascii=False, separators=(",", ":")),
+            "errors_as_messages": "1" if call.errors_as_messages else "0",
+            "caller": display_agent_trace(parent.get_agent_trace()) if parent is not None else "",
+            "sent_ms": str(int(time.time() * 1000)),
+        },
+        maxlen=DEFAULT_INBOX_MAXLEN,
+        approximate=True,
+    )
+    reply = await aopen_sequence_promise(keys.call_reply(call.call_id))
+    await _aforward(reply, call)
+
+
+async def _adrain(sequence: StreamedPromise[Any, Any]) -> None:
+    # Pulling the input mirrors each entry to the call's input stream (errors included).
+    iterator = StreamedPromise.__aiter__(sequence)
+    while True:
+        try:
+            await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception:  # an error entry was mirrored at its position; keep going
+            continue
+
+
+async def _aforward(reply: MessageSequencePromise, call: AgentCall) -> None:
+    appender = call._reply.message_appender
+    iterator = StreamedPromise.__aiter__(reply)
+    while True:
+        try:
+            promise = await iterator.__anext__()
+        except StopAsyncIteration:
+            break
+        except Exception as exc:  # an agent error or a restart marker, at its position
+            appender.append(exc)
+        else:
+            appender.append(promise)
+    appender.close()
+
+
+__all__ = ("DEFAULT_INBOX_MAXLEN", "aforward_to_worker", "aruns_remotely")

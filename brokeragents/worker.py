@@ -1,0 +1,444 @@
+"""Worker: serve agents from one process, sharing the load with other workers through Redis.
+
+Each served agent has an inbox stream read by the consumer group ``workers``. A worker reads
+only as many calls as it has free slots (``concurrency``), runs each call here, and acknowledges
+its inbox entry only once the reply is complete and written. It heartbeats into the registry, and
+takes over the pending calls of workers whose heartbeat stopped; a worker restarted under the
+same name (Heroku's ``DYNO``) takes back its own pending calls at once. A call that keeps
+crashing workers goes to the dead-letter stream after ``max_deliveries`` and its caller gets an
+error. On shutdown it stops reading, gives calls in flight ``shutdown_grace_s`` to finish, and
+leaves the rest pending for takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from brokeragents import wire
+from brokeragents.agents import MiniAgent
+from brokeragents.calls import AgentCall
+from brokeragents.errors import CallFailedError, ReplyRestartedError, WireFormatError
+from brokeragents.frozen import Frozen
+from brokeragents.keys import WORKER_GROUP
+from brokeragents.nodes import CallKwargs
+from brokeragents.promise import StreamedPromise
+from brokeragents.registry import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_WORKER_TIMEOUT_S, Registry, now_ms
+from brokeragents.replay import aopen_sequence_promise
+from brokeragents.runtime import MiniAgents
+from brokeragents.store import StreamStore
+
+logger = logging.getLogger("brokeragents.worker")
+
+_RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_MAX_ENTRY_FIELD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker behaves; every duration carries its unit in its name."""
+
+    concurrency: int = 10
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
+    claim_interval_s: float = 2.0
+    block_ms: int = 5_000
+    shutdown_grace_s: float = 25.0
+    max_deliveries: int = 3
+    key_prefix: str = "ba"
+    mini_agents_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1.")
+        if self.worker_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("worker_timeout_s must be longer than heartbeat_interval_s.")
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(slots=True)
+class _Request:
+    call_id: str
+    alias: str
+    kwargs: Any
+    errors_as_messages: bool
+
+
+class Worker:
+    """Serves ``agents`` until :meth:`stop` is called (the CLI calls it on SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        agents: list[MiniAgent],
+        *,
+        redis_url: str | None = None,
+        redis: Redis | None = None,
+        name: str | None = None,
+        settings: WorkerSettings | None = None,
+    ) -> None:
+        if not agents:
+            raise ValueError("A worker needs at least one agent to serve.")
+        aliases = [agent.alias for agent in agents]
+        if len(set(aliases)) != len(aliases):
+            raise ValueError(f"Two agents share an alias: {aliases}")
+        self.agents = {agent.alias: agent for agent in agents}
+        self.name = name or default_worker_name()
+        self.settings = settings or WorkerSettings()
+        self._redis_url = redis_url
+        self._redis_client = redis
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self.calls_served = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully (safe to call from a signal handler)."""
+        self._stopping.set()
+
+    async def arun(self) -> None:
+        """Serve until stopped; return once everything is handed back or finished."""
+        mini_agents = MiniAgents(
+            redis_url=self._redis_url,
+            redis=self._redis_client,
+            key_prefix=self.settings.key_prefix,
+            **self.settings.mini_agents_kwargs,
+        )
+        async with mini_agents:
+            mini_agents.served_aliases.update(self.agents)
+            store = mini_agents.store
+            if store is None:
+                raise ValueError("A worker needs a Redis URL.")
+            self._mini_agents = mini_agents
+            self._store = store
+            self._registry = Registry(store.redis, store.keys, worker_timeout_s=self.settings.worker_timeout_s)
+            for alias in self.agents:
+                await self._aensure_group(alias)
+            await self._aheartbeat_once()
+            loops = [asyncio.create_task(self._aheartbeat_forever(), name="heartbeat")]
+            loops.append(asyncio.create_task(self._aclaim_forever(), name="claimer"))
+            readers = [asyncio.create_task(self._aconsume_forever(alias), name=f"read {alias}") for alias in self.agents]
+            logger.info("Worker %s ready: serving %s", self.name, ", ".join(self.agents))
+            self.ready.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                await self._ashutdown(readers, loops)
+
+    async def _ashutdown(self, readers: list[asyncio.Task[None]], loops: list[asyncio.Task[None]]) -> None:
+        logger.info("Worker %s stopping: %d call(s) in flight", self.name, len(self._in_flight))
+        await _acancel(readers)  # stop taking new calls first
+        if self._in_flight:
+            _done, pending = await asyncio.wait(
+                set(self._in_flight.values()), timeout=self.settings.shutdown_grace_s
+            )
+            if pending:
+                logger.warning("Leaving %d call(s) pending for takeover", len(pending))
+                await _acancel(list(pending))
+                await _acancel(list(self._mini_agents.child_tasks))
+        await _acancel(loops)
+        try:
+            await self._registry.aderegister(self.name, list(self.agents))
+        except (RedisError, OSError):
+            logger.warning("Could not deregister worker %s", self.name)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    async def _aensure_group(self, alias: str) -> None:
+        try:
+            # At 0, so calls sent before any worker existed are served too.
+            await self._store.redis.xgroup_create(self._inbox(alias), WORKER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _inbox(self, alias: str) -> str:
+        return self._store.keys.agent_inbox(alias)
+
+    async def _areserve_slots(self) -> int:
+        """Wait for one free slot, then take every other free one (bounded read-ahead)."""
+        await self._slots.acquire()
+        taken = 1
+        while taken < 100 and not self._slots.locked():
+            await self._slots.acquire()
+            taken += 1
+        return taken
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    async def _aconsume_forever(self, alias: str) -> None:
+        await self._aread_and_serve(alias, "0")  # our own pending calls, from a previous life
+        failures = 0
+        while True:
+            try:
+                await self._aread_and_serve(alias, ">")
+                failures = 0
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                failures += 1
+                delay_s = _RETRY_DELAYS_S[min(failures, len(_RETRY_DELAYS_S)) - 1]
+                logger.warning("Reading %s failed (%s); retrying in %.1f s", alias, exc, delay_s)
+                await asyncio.sleep(delay_s)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                logger.warning("The consumer group of %s is gone (Redis restarted?); recreating it", alias)
+                await self._aensure_group(alias)
+
+    async def _aread_and_serve(self, alias: str, start_id: str) -> None:
+        slots = await self._areserve_slots()
+        try:
+            reply = await self._store.redis.xreadgroup(
+                WORKER_GROUP,
+                self.name,
+                {self._inbox(alias): start_id},
+                count=slots,
+                block=None if start_id == "0" else self.settings.block_ms,
+            )
+        except BaseException:
+            self._release_slots(slots)
+            raise
+        entries = reply[0][1] if reply else []
+        self._release_slots(slots - len(entries))
+        for entry_id, fields in entries:
+            self._start_serving(alias, _text(entry_id), fields, retried=start_id == "0")
+
+    def _start_serving(self, alias: str, entry_id: str, fields: dict[Any, Any] | None, *, retried: bool) -> None:
+        task = asyncio.create_task(self._aserve_entry(alias, entry_id, fields, retried=retried))
+        self._in_flight[entry_id] = task
+        task.add_done_callback(lambda _t: self._finish_slot(entry_id))
+
+    def _finish_slot(self, entry_id: str) -> None:
+        self._in_flight.pop(entry_id, None)
+        self._slots.release()
+
+    # --- takeover ----------------------------------------------------------------------------------
+
+    async def _aclaim_forever(self) -> None:
+        while True:
+            for alias in self.agents:
+                try:
+                    await self._aclaim_from_dead_workers(alias)
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        await self._aensure_group(alias)
+                    else:
+                        logger.warning("Claiming calls of %s failed: %s", alias, exc)
+                except (RedisError, OSError) as exc:
+                    logger.warning("Claiming calls of %s failed: %s", alias, exc)
+            await asyncio.sleep(self.settings.claim_interval_s)
+
+    async def _aclaim_from_dead_workers(self, alias: str) -> None:
+        redis = self._store.redis
+        inbox = self._inbox(alias)
+        summary = await redis.xpending(inbox, WORKER_GROUP)
+        for consumer in summary.get("consumers") or []:
+            owner = _text(consumer["name"])
+            if owner == self.name or await self._registry.ais_alive(owner, [alias]):
+                continue
+            pending = await redis.xpending_range(inbox, WORKER_GROUP, min="-", max="+", count=100, consumername=owner)
+            for item in pending:
+                slots = await self._areserve_slots()
+                self._release_slots(slots - 1)
+                claimed = await redis.xclaim(
+                    inbox, WORKER_GROUP, self.name, min_idle_time=1_000, message_ids=[item["message_id"]]
+                )
+                if not claimed or claimed[0][1] is None:
+                    self._release_slots(1)  # another worker claimed it first, or it was deleted
+                    continue
+                entry_id, fields = claimed[0]
+                logger.info("Taking over call entry %s of dead worker %s", _text(entry_id), owner)
+                self._start_serving(alias, _text(entry_id), fields, retried=True)
+
+    # --- serving one call --------------------------------------------------------------------------
+
+    async def _aserve_entry(self, alias: str, entry_id: str, fields: dict[Any, Any] | None, *, retried: bool) -> None:
+        if fields is None:  # deleted from the stream while pending: nothing left to serve
+            await self._aack(alias, entry_id)
+            return
+        try:
+            request = _parse_request(alias, fields)
+        except WireFormatError as exc:
+            logger.error("Rejected a malformed call entry %s in %s: %s", entry_id, alias, exc)
+            await self._store.arecord_dead_letter(
+                str(exc), stream=self._inbox(alias), entry_id=entry_id, fields=_describe(fields)
+            )
+            await self._aack(alias, entry_id)
+            return
+        try:
+            await self._aserve_call(alias, entry_id, request, retried=retried)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not acknowledged: the call stays pending and another attempt serves it later.
+            logger.exception("Serving call %s failed", request.call_id)
+
+    async def _aserve_call(self, alias: str, entry_id: str, request: _Request, *, retried: bool) -> None:
+        store = self._store
+        keys = store.keys
+        redis = store.redis
+        call_key = keys.call(request.call_id)
+        reply_key = keys.call_reply(request.call_id)
+        attempt = int(await redis.hincrby(call_key, "attempt", 1))
+        await redis.hset(call_key, mapping={"worker": self.name, "state": "running"})
+        if attempt > 1:
+            await self._aabandon_attempts_before(reply_key, attempt)
+        deliveries = await self._adeliveries(alias, entry_id) if retried else 1
+        store.start_sequence_attempt(reply_key, attempt)
+        if deliveries > self.settings.max_deliveries:
+            await self._agive_up(alias, entry_id, request, reply_key, deliveries)
+            return
+        kwargs_message = await wire.abuild_message(request.kwargs, None, _loader(store))
+        input_promise = await aopen_sequence_promise(keys.call_input(request.call_id))
+        call = AgentCall(
+            self.agents[alias],
+            self._mini_agents,
+            None,
+            Frozen(**kwargs_message.as_kwargs()),
+            True,
+            request.errors_as_messages,
+            call_id=request.call_id,
+            served_input=input_promise,
+        )
+        await _adrain(call.reply_sequence())
+        await store.aflush()
+        if await self._astill_owner(call_key, attempt):
+            await redis.hset(call_key, mapping={"state": "done", "finished_ms": str(now_ms())})
+            await self._aack(alias, entry_id)
+            self.calls_served += 1
+
+    async def _adeliveries(self, alias: str, entry_id: str) -> int:
+        pending = await self._store.redis.xpending_range(
+            self._inbox(alias), WORKER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _astill_owner(self, call_key: str, attempt: int) -> bool:
+        current = await self._store.redis.hget(call_key, "attempt")
+        return current is not None and int(current) == attempt
+
+    async def _aabandon_attempts_before(self, reply_key: str, attempt: int) -> None:
+        """End the unfinished message streams of earlier attempts with a restart error."""
+        redis = self._store.redis
+        restart = ReplyRestartedError(f"The worker serving this call was lost; restarted as attempt {attempt}.")
+        for _entry_id, fields in await redis.xrange(reply_key, count=10_000):
+            key = fields.get(b"key")
+            if fields.get(b"kind") != b"message" or key is None:
+                continue
+            last = await redis.xrevrange(key, count=1)
+            if not last or last[0][1].get(b"kind") not in (b"message", b"error"):
+                await redis.xadd(key, wire.encode_error(restart))
+
+    async def _agive_up(
+        self, alias: str, entry_id: str, request: _Request, reply_key: str, deliveries: int
+    ) -> None:
+        reason = f"call {request.call_id} to {alias} was delivered {deliveries} times without finishing"
+        logger.error("Giving up: %s", reason)
+        await self._store.arecord_dead_letter(reason, stream=self._inbox(alias), entry_id=entry_id)
+        self._store.sequence_error(reply_key, CallFailedError(f"Gave up: {reason}."))
+        self._store.sequence_end(reply_key)
+        await self._store.aflush()
+        await self._store.redis.hset(self._store.keys.call(request.call_id), "state", "failed")
+        await self._aack(alias, entry_id)
+
+    async def _aack(self, alias: str, entry_id: str) -> None:
+        # Deleting acknowledged entries keeps the inbox as small as the work still to do.
+        pipe = self._store.redis.pipeline(transaction=False)
+        pipe.xack(self._inbox(alias), WORKER_GROUP, entry_id)
+        pipe.xdel(self._inbox(alias), entry_id)
+        await pipe.execute()
+
+    # --- heartbeats --------------------------------------------------------------------------------
+
+    async def _aheartbeat_once(self) -> None:
+        await self._registry.aheartbeat(
+            self.name,
+            list(self.agents),
+            {
+                "pid": str(os.getpid()),
+                "host": socket.gethostname(),
+                "agents": ",".join(self.agents),
+                "concurrency": str(self.settings.concurrency),
+                "in_flight": str(len(self._in_flight)),
+                "served": str(self.calls_served),
+            },
+        )
+
+    async def _aheartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._aheartbeat_once()
+            except (RedisError, OSError) as exc:
+                logger.warning("Heartbeat failed: %s", exc)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _describe(fields: dict[Any, Any]) -> str:
+    return repr({_text(k)[:64]: _text(v)[:256] if isinstance(v, bytes | str) else v for k, v in fields.items()})[:4096]
+
+
+def _parse_request(alias: str, fields: dict[Any, Any]) -> _Request:
+    """Validate an inbox entry; anything unexpected raises WireFormatError."""
+    call_id = wire.field(fields, "call_id", max_bytes=64)
+    agent = wire.field(fields, "agent", max_bytes=256)
+    raw_kwargs = wire.field(fields, "kwargs", max_bytes=_MAX_ENTRY_FIELD_BYTES)
+    errors_flag = wire.field(fields, "errors_as_messages", max_bytes=1, required=False) or "0"
+    assert call_id is not None and agent is not None and raw_kwargs is not None
+    if not call_id.isalnum():
+        raise WireFormatError(f"Invalid call_id {call_id!r}.")
+    if agent != alias:
+        raise WireFormatError(f"The entry is for agent {agent!r}, not {alias!r}.")
+    if errors_flag not in ("0", "1"):
+        raise WireFormatError(f"Invalid errors_as_messages flag {errors_flag!r}.")
+    kwargs = wire.load_json(raw_kwargs, "kwargs")
+    if not isinstance(kwargs, dict) or kwargs.get("class_") != CallKwargs.__name__:
+        raise WireFormatError("The kwargs must be a serialized CallKwargs object.")
+    return _Request(call_id, agent, kwargs, errors_flag == "1")
+
+
+def _loader(store: StreamStore) -> Any:
+    from brokeragents.replay import _aload_by_hash
+
+    async def load(hash_key: str) -> Any:
+        return await _aload_by_hash(store, hash_key)
+
+    return load
+
+
+async def _adrain(sequence: StreamedPromise[Any, Any]) -> None:
+    iterator = StreamedPromise.__aiter__(sequence)
+    while True:
+        try:
+            await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception:  # the agent's error is in the reply stream already
+            continue
+
+
+async def _acancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ("Worker", "WorkerSettings", "default_worker_name")
