@@ -15,14 +15,14 @@ from brokeragents.worker import WorkerSettings
 REDIS_URL_HELP = "Redis URL (default: $REDIS_URL)."
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool, level: str = "INFO") -> None:
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
             "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-            "loggers": {"brokeragents": {"handlers": ["stderr"], "level": "DEBUG" if verbose else "INFO"}},
+            "loggers": {"brokeragents": {"handlers": ["stderr"], "level": "DEBUG" if verbose else level}},
         }
     )
 
@@ -89,7 +89,7 @@ def worker(
               help="How long to wait for a worker serving ALIAS.")
 def call(alias: str, messages: tuple[str, ...], as_json: bool, redis_url: str | None, timeout_s: float) -> None:
     """Trigger the agent ALIAS served by workers and print its reply tokens as they arrive."""
-    _configure_logging(False)
+    _configure_logging(False, level="WARNING")
     code = asyncio.run(
         commands.acall(alias, list(messages), redis_url=_redis_url(redis_url), as_json=as_json, timeout_s=timeout_s)
     )
@@ -104,7 +104,7 @@ def demo(worker_count: int, verbose: bool) -> None:
     """Start a server (unless $REDIS_URL is set), workers and a streaming multi-agent pipeline."""
     from brokeragents import demo as demo_module
 
-    _configure_logging(verbose)
+    _configure_logging(verbose, level="WARNING")
     sys.exit(demo_module.run_demo(redis_url=os.environ.get("REDIS_URL"), workers_per_agent=worker_count,
                                   verbose=verbose))
 
