@@ -5,13 +5,16 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import Field, PrivateAttr
 
 from brokeragents.frozen import Frozen
 from brokeragents.message_sequence import MessageSequencePromise
 from brokeragents.sentinels import NO_VALUE, Sentinel
+
+if TYPE_CHECKING:
+    from brokeragents.calls import AgentCall
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=.)([A-Z])(?=[a-z])")
 _SPACES = re.compile(r"\s+")
@@ -76,7 +79,7 @@ class MiniAgent(Frozen):
         start_soon: bool | Sentinel = NO_VALUE,
         errors_as_messages: bool | Sentinel = NO_VALUE,
         **kwargs_to_freeze: Any,
-    ) -> Any:
+    ) -> AgentCall:
         """Open a call whose input stays open until ``finish()`` or ``reply_sequence()``."""
         from brokeragents.calls import AgentCall  # calls builds on this module
 
@@ -122,7 +125,7 @@ def _build_agent(
     non_freezable_kwargs: dict[str, Any],
     await_reply_persistence: bool | Sentinel,
 ) -> MiniAgent:
-    agent = MiniAgent(alias=alias, description=description, interaction_metadata=interaction_metadata)
+    agent = MiniAgent(alias=alias, description=description, interaction_metadata=Frozen(**interaction_metadata))
     agent._func_or_class = func_or_class
     agent._static_kwargs = static_kwargs
     agent._non_freezable_kwargs = non_freezable_kwargs
@@ -132,7 +135,7 @@ def _build_agent(
 
 def _is_agent_callable(func_or_class: Any) -> bool:
     if inspect.isclass(func_or_class):
-        return inspect.iscoroutinefunction(getattr(func_or_class, "__call__", None))
+        return inspect.iscoroutinefunction(getattr(func_or_class, "__call__", None))  # noqa: B004 - an async __call__
     return inspect.iscoroutinefunction(func_or_class)
 
 
@@ -155,7 +158,7 @@ def miniagent(
     if func_or_class is None:
 
         def decorator(func_or_class_: Any) -> MiniAgent:
-            return miniagent(
+            return cast("MiniAgent", miniagent(
                 func_or_class_,
                 alias=alias,
                 description=description,
@@ -165,7 +168,7 @@ def miniagent(
                 interaction_metadata=interaction_metadata,
                 non_freezable_kwargs=non_freezable_kwargs,
                 **kwargs_to_freeze,
-            )
+            ))
 
         return decorator
 

@@ -22,7 +22,7 @@ from brokeragents.messages import Message
 from brokeragents.nodes import AgentCallNode, AgentReplyNode
 from brokeragents.promise import Promise
 from brokeragents.runtime import MiniAgents
-from brokeragents.sentinels import NO_VALUE, Sentinel
+from brokeragents.sentinels import Sentinel
 
 if TYPE_CHECKING:
     from brokeragents.agents import MiniAgent

@@ -146,4 +146,12 @@ def message_json(message: Message) -> str:
     return json.dumps({**message.serialize(), "hash_key": message.hash_key}, ensure_ascii=False)
 
 
-__all__ = ("EXIT_AGENT_ERROR", "EXIT_NOT_SERVED", "EXIT_OK", "ImportStringError", "acall", "import_agents", "run_worker")
+__all__ = (
+    "EXIT_AGENT_ERROR",
+    "EXIT_NOT_SERVED",
+    "EXIT_OK",
+    "ImportStringError",
+    "acall",
+    "import_agents",
+    "run_worker",
+)

@@ -8,6 +8,7 @@ A context is activated through a ContextVar, as in MiniAgents. Everything create
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -231,10 +232,8 @@ class PromisingContext:
             "AN ERROR OCCURRED IN AN ASYNC BACKGROUND TASK",
             exc_info=(type(exc), exc, exc.__traceback__),
         )
-        try:
+        with contextlib.suppress(AttributeError):  # some builtin exceptions refuse new attributes
             setattr(exc, _LOGGED_MARKER, True)
-        except AttributeError:  # some builtin exceptions refuse new attributes
-            pass
 
     async def agather(self, *awaitables: Awaitable[Any], return_exceptions: bool = True) -> list[Any]:
         """``asyncio.gather`` that returns exceptions instead of raising them, by default."""

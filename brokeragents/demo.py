@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -100,8 +99,9 @@ async def _apipeline(redis_url: str, processes: list[subprocess.Popen[bytes]]) -
                 async for token in message_promise:
                     _say(str(token))
                 _say("\n")
-        assert answer.redis_key is not None
-        return answer.redis_key
+        key: str | None = answer.redis_key
+        assert key is not None
+        return key
 
 
 def _show_redis(redis_url: str, reply_key: str) -> None:

@@ -102,7 +102,7 @@ class MessagePromise(StreamedPromise[Token, Message]):
 
     # --- streaming and resolution ---------------------------------------------------------------
 
-    async def _astreamer(self) -> AsyncIterator[Token]:  # type: ignore[override]
+    async def _astreamer(self) -> AsyncIterator[Token]:
         streamer = self._token_streamer
         source = streamer if isinstance(streamer, MessageTokenAppender) else streamer(self._aux_fields)  # type: ignore[misc]
         async for piece in source:

@@ -11,7 +11,7 @@ import traceback
 import warnings
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from pydantic import BaseModel
 
@@ -27,8 +27,8 @@ from brokeragents.sequence import FlatSequence
 if TYPE_CHECKING:
     from brokeragents.store import StreamStore
 
-SingleMessageType: TypeAlias = Union[str, dict[str, Any], BaseModel, Message, MessagePromise, BaseException]
-MessageType: TypeAlias = Union[SingleMessageType, Iterable[Any], AsyncIterator[Any]]
+SingleMessageType: TypeAlias = str | dict[str, Any] | BaseModel | Message | MessagePromise | BaseException
+MessageType: TypeAlias = SingleMessageType | Iterable[Any] | AsyncIterator[Any]
 
 ASYNC_ITERATOR_WARNING = (
     "An async iterator is being passed to a message sequence and will not be consumed immediately."
@@ -231,7 +231,7 @@ class SafeMessageSequencePromise(MessageSequencePromise):
             if isinstance(piece, BaseException):
                 text = error_to_text(piece, with_traceback=self._error_tracebacks)
                 converted = ErrorMessage(text).as_promise
-            elif piece.is_resolved and not isinstance(piece._result, BaseException):
+            elif piece.is_resolved and not piece.is_failed:
                 converted = piece  # nothing left that could fail
             else:
                 converted = ErrorConvertingMessagePromise(piece, error_tracebacks=self._error_tracebacks)
@@ -323,7 +323,7 @@ class MessageSequence(FlatSequence[Any, MessagePromise]):
         )
         self.sequence_promise: MessageSequencePromise  # type: ignore[assignment]
 
-    async def _aflattener(self, zero_or_more_items: Any) -> AsyncIterator[MessagePromise]:  # type: ignore[override]
+    async def _aflattener(self, zero_or_more_items: Any) -> AsyncIterator[MessagePromise]:
         async for promise in flatten_message_input(zero_or_more_items):
             yield promise
 

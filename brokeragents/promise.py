@@ -70,6 +70,11 @@ class Promise(Generic[T]):
         """True once the value (or the resolver's exception) is known."""
         return self._result is not NO_VALUE
 
+    @property
+    def is_failed(self) -> bool:
+        """True once the resolver raised (awaiting the promise re-raises that exception)."""
+        return isinstance(self._result, _Failure)
+
     async def aresolve(self) -> T:
         """Resolve once; every later call returns the same object or raises the same exception."""
         if self._result is NO_VALUE:

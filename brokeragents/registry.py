@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -36,7 +37,9 @@ class Registry:
     """Reads and writes worker heartbeats."""
 
     def __init__(self, redis: Redis, keys: Keys, *, worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S) -> None:
-        self.redis = redis
+        # redis-py types replies as unions over every protocol/decoding setting; we pin RESP2
+        # with bytes and check shapes ourselves.
+        self.redis: Any = redis
         self.keys = keys
         self.worker_timeout_s = worker_timeout_s
         self._served_until: dict[str, float] = {}

@@ -4,18 +4,29 @@ Reading replays the stream from its first entry (XRANGE), then tails it (XREAD B
 end entry, so a reader that starts late or mid-stream sees exactly what an in-process consumer
 sees. Every entry is validated; a bad one becomes a :class:`WireFormatError` piece, is recorded
 in the dead-letter stream, and ends that stream instead of hanging or being dropped silently.
+A bad reference in a sequence (a missing or corrupt message stream) is an error at its position
+only: the sequence goes on.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from brokeragents import wire
 from brokeragents.context import PromisingContext
-from brokeragents.errors import BrokerAgentsError, ReplyRestartedError, WireFormatError
-from brokeragents.frozen import Frozen
+from brokeragents.errors import (
+    BrokerAgentsError,
+    ReplyRestartedError,
+    UnknownMessageClassError,
+    WireFormatError,
+)
+from brokeragents.frozen import Frozen, lookup_frozen_class
 from brokeragents.message_promise import MessagePromise
 from brokeragents.message_sequence import MessageSequencePromise, SafeMessageSequencePromise
 from brokeragents.messages import Message
@@ -24,6 +35,10 @@ from brokeragents.store import StreamStore
 DEFAULT_BLOCK_MS = 5_000
 _PAGE = 1_000
 _HASH_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+_MAX_KEY_BYTES = 512
+_MAX_CLASS_NAME_BYTES = 256
+
+Entry = tuple[Any, wire.Fields]
 
 
 class NotConnectedError(BrokerAgentsError, RuntimeError):
@@ -38,61 +53,106 @@ def _store() -> StreamStore:
 
 
 def message_key(store: StreamStore, key_or_hash: str) -> str:
-    """Accept a full key (``ba:msg:{...}``) or a bare hash key / message id."""
+    """Accept a full message key or a bare hash key / message id.
+
+    :raises ValueError: a full key that is not a message key under the store's prefix
+    """
     if ":" in key_or_hash:
+        if not store.keys.is_message_key(key_or_hash):
+            raise ValueError(f"{key_or_hash!r} is not a message key under the prefix {store.keys.prefix!r}.")
         return key_or_hash
     return store.keys.message(key_or_hash)
+
+
+def _entries_of(reply: Any) -> list[Entry]:
+    """The entries of an XREAD reply on one stream, RESP2 (list) or RESP3 (dict) shaped."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [entry for batches in reply.values() for batch in batches for entry in batch]
+    return list(reply[0][1])
+
+
+async def _axrange(store: StreamStore, key: str, *, min_id: str, count: int) -> list[Entry]:
+    try:
+        entries: Any = await store.redis.xrange(key, min=min_id, max="+", count=count)
+    except ResponseError as exc:  # e.g. WRONGTYPE
+        raise WireFormatError(f"{key} cannot be read as a stream: {exc}") from exc
+    return list(entries or [])
 
 
 class StreamTail:
     """Every entry of one stream from the start, then new ones as they arrive."""
 
-    def __init__(self, store: StreamStore, key: str, *, block_ms: int = DEFAULT_BLOCK_MS,
-                 idle_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        store: StreamStore,
+        key: str,
+        *,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        idle_timeout_s: float | None = None,
+    ) -> None:
         self._store = store
         self.key = key
         self._block_ms = block_ms
         self._idle_timeout_s = idle_timeout_s
-        self._last_id = "0-0"
-        self._buffer: list[tuple[bytes, dict[bytes, bytes]]] = []
+        self.last_id = "0-0"
+        self._buffer: deque[Entry] = deque()
         self._replaying = True
 
-    async def anext_entry(self) -> dict[bytes, bytes]:
-        redis = self._store.redis
-        waited_ms = 0
+    async def anext_entry(self, *, missing_ok: bool = True) -> wire.Fields:
+        """The next entry, waiting for it; ``missing_ok=False`` fails at once on a missing stream.
+
+        :raises TimeoutError: no new entry came within ``idle_timeout_s``
+        :raises WireFormatError: the key is missing (when not ``missing_ok``) or not a stream
+        """
+        started = time.monotonic()
         while not self._buffer:
-            if self._replaying:
-                page = await redis.xrange(self.key, min=f"({self._last_id}", max="+", count=_PAGE)
-                if len(page) < _PAGE:
-                    self._replaying = False
-            else:
-                reply = await redis.xread({self.key: self._last_id}, count=_PAGE, block=self._block_ms)
-                page = reply[0][1] if reply else []
-                if not page:
-                    waited_ms += self._block_ms
-                    if self._idle_timeout_s is not None and waited_ms >= self._idle_timeout_s * 1000:
-                        raise TimeoutError(f"No new entry in {self.key} for {self._idle_timeout_s} s.")
+            try:
+                page = await self._aread_page(started)
+            except ResponseError as exc:  # e.g. WRONGTYPE on XREAD
+                raise WireFormatError(f"{self.key} cannot be read as a stream: {exc}") from exc
+            if not page and not missing_ok and self.last_id == "0-0":
+                raise WireFormatError(f"The stream {self.key} does not exist (expired or never written).")
             self._buffer.extend(page)
-        entry_id, fields = self._buffer.pop(0)
-        self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        entry_id, fields = self._buffer.popleft()
+        self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         return fields
 
+    async def _aread_page(self, started: float) -> list[Entry]:
+        redis = self._store.redis
+        if self._replaying:
+            page = await _axrange(self._store, self.key, min_id=f"({self.last_id}", count=_PAGE)
+            self._replaying = len(page) == _PAGE
+            return page
+        block_ms = self._block_ms
+        if self._idle_timeout_s is not None:
+            left_ms = int((self._idle_timeout_s - (time.monotonic() - started)) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"No new entry in {self.key} for {self._idle_timeout_s} s.")
+            block_ms = min(block_ms, left_ms)
+        reply = await redis.xread({self.key: self.last_id}, count=_PAGE, block=block_ms)
+        return _entries_of(reply)
 
-def _kind(fields: dict[bytes, bytes]) -> str:
-    kind = wire.field(fields, "kind", max_bytes=16)
-    assert kind is not None
-    return kind
+
+async def _areject(store: StreamStore, tail: StreamTail, exc: WireFormatError) -> WireFormatError:
+    """Record a bad entry as a dead letter; return the error to raise, naming the entry."""
+    await store.arecord_dead_letter(str(exc), key=tail.key, entry_id=tail.last_id)
+    return type(exc)(f"Bad entry {tail.last_id} in {tail.key}: {exc}")
 
 
-def _position(fields: dict[bytes, bytes]) -> int:
-    raw = wire.field(fields, "i", max_bytes=20)
-    assert raw is not None
+def _kind(fields: wire.Fields) -> str:
+    return wire.require_field(fields, "kind", max_bytes=16)
+
+
+def _position(fields: wire.Fields) -> int:
+    raw = wire.require_field(fields, "i", max_bytes=20)
     if not raw.isdigit():
         raise WireFormatError(f"The entry position {raw!r} is not a number.")
     return int(raw)
 
 
-def _attempt(fields: dict[bytes, bytes]) -> int:
+def _attempt(fields: wire.Fields) -> int:
     raw = wire.field(fields, "a", max_bytes=20, required=False)
     if raw is None:
         return 1
@@ -101,8 +161,8 @@ def _attempt(fields: dict[bytes, bytes]) -> int:
     return int(raw)
 
 
-def _error_from(fields: dict[bytes, bytes], limit: int) -> BaseException:
-    type_name = wire.field(fields, "error_type", max_bytes=256) or "RemoteError"
+def _error_from(fields: wire.Fields, limit: int) -> BaseException:
+    type_name = wire.require_field(fields, "error_type", max_bytes=_MAX_CLASS_NAME_BYTES) or "RemoteError"
     message = wire.field(fields, "error_message", max_bytes=limit, required=False) or ""
     return wire.rebuild_error(type_name, message)
 
@@ -114,33 +174,54 @@ async def aload_message(key_or_hash: str, *, idle_timeout_s: float | None = 30.0
 
 
 async def _aload_by_hash(store: StreamStore, hash_key: str) -> Message:
+    """The message stored whole under ``hash_key`` (a sub-message); it must be there already."""
     if not _HASH_RE.match(hash_key):
         raise WireFormatError(f"{hash_key!r} is not a hash key.")
-    entries = await store.redis.xrange(store.keys.message(hash_key), count=16)
-    for _entry_id, fields in entries:
+    key = store.keys.message(hash_key)
+    for _entry_id, fields in await _axrange(store, key, min_id="-", count=16):
         if _kind(fields) == wire.KIND_MESSAGE:
             return await _amessage_from(store, fields)
     raise WireFormatError(f"The message {hash_key} is not in Redis (expired or never written).")
 
 
-async def _amessage_from(store: StreamStore, fields: dict[bytes, bytes]) -> Message:
-    raw = wire.field(fields, "message", max_bytes=store.max_message_bytes)
-    assert raw is not None
-    hash_key = wire.field(fields, "hash_key", max_bytes=64)
+async def _amessage_from(store: StreamStore, fields: wire.Fields) -> Message:
+    raw = wire.require_field(fields, "message", max_bytes=store.max_message_bytes)
+    hash_key = wire.require_field(fields, "hash_key", max_bytes=64)
     data = wire.load_json(raw, "message")
     return await wire.abuild_message(data, hash_key, lambda h: _aload_by_hash(store, h))
+
+
+def _start_of(store: StreamStore, fields: wire.Fields) -> tuple[Frozen, type[Message]]:
+    """``known_beforehand`` and the message class from a start entry."""
+    class_name = wire.require_field(fields, "class", max_bytes=_MAX_CLASS_NAME_BYTES)
+    message_class = lookup_frozen_class(class_name)
+    if not issubclass(message_class, Message):
+        raise UnknownMessageClassError(f"{class_name!r} is not a Message class.")
+    raw_known = wire.require_field(fields, "known_beforehand", max_bytes=store.max_message_bytes)
+    known = wire.build_frozen(wire.load_json(raw_known, "known_beforehand"), {})
+    return known, message_class
 
 
 class RemoteMessagePromise(MessagePromise):
     """A message promise replayed from its Redis stream."""
 
-    def __init__(self, store: StreamStore, tail: StreamTail, known_beforehand: Frozen,
-                 message_class: type[Message], first: dict[bytes, bytes] | None) -> None:
+    def __init__(
+        self,
+        store: StreamStore,
+        tail: StreamTail,
+        known_beforehand: Frozen,
+        message_class: type[Message],
+        first: wire.Fields | None,
+    ) -> None:
         self._tail = tail
         self._remote_store = store
         self._first = first
+        # Opened at a message entry: stored whole, it streams as its own tokens (G5).
+        self._stored_whole = first is not None
         self._final: Message | None = None
-        super().__init__(message_token_streamer=self._aread_tokens, message_class=message_class, start_soon=False)
+        super().__init__(
+            message_token_streamer=self._aread_tokens, message_class=message_class, start_soon=False
+        )
         self.known_beforehand = known_beforehand
         self._source_key = tail.key
 
@@ -159,33 +240,44 @@ class RemoteMessagePromise(MessagePromise):
         while True:
             if fields is None:
                 fields = await self._tail.anext_entry()
+            error: BaseException | None = None
             try:
                 kind = _kind(fields)
                 if kind == wire.KIND_TOKENS:
                     first_index = _position(fields)
-                    raw = wire.field(fields, "tokens", max_bytes=store.max_message_bytes)
-                    assert raw is not None
-                    tokens = wire.load_json(raw, "token batch")
-                    if not isinstance(tokens, list):
-                        raise WireFormatError("A token batch must be a JSON array.")
+                    tokens = self._token_batch(fields)
                     if first_index > expected:
                         raise WireFormatError(f"Tokens {expected}..{first_index - 1} are missing.")
-                    for raw_token in tokens[expected - first_index:]:
-                        yield wire.decode_token(raw_token)
-                        expected += 1
+                    # Decoded before yielding any, so a bad batch raises at its first position.
+                    decoded = [wire.decode_token(raw) for raw in tokens[expected - first_index :]]
                 elif kind == wire.KIND_MESSAGE:
                     self._final = await _amessage_from(store, fields)
-                    if expected == 0:
-                        yield self._final  # a message stored whole streams as itself (G5)
-                    return
+                    decoded = list(self._final.message_to_tokens()) if self._stored_whole else []
                 elif kind == wire.KIND_ERROR:
-                    raise _error_from(fields, store.max_message_bytes)
-                elif kind != wire.KIND_START:
+                    # Raised below, outside this try: a remote WireFormatError is not a bad entry.
+                    error = _error_from(fields, store.max_message_bytes)
+                    decoded = []
+                elif kind == wire.KIND_START:
+                    decoded = []  # a repeat written by a retried pipeline
+                else:
                     raise WireFormatError(f"Unexpected entry kind {kind!r} in a message stream.")
             except WireFormatError as exc:
-                await store.arecord_dead_letter(str(exc), key=self._tail.key)
-                raise
+                raise await _areject(store, self._tail, exc) from exc
+            if error is not None:
+                raise error
+            for token in decoded:
+                yield token
+            if self._final is not None:
+                return
+            expected += len(decoded)
             fields = None
+
+    def _token_batch(self, fields: wire.Fields) -> list[Any]:
+        raw = wire.require_field(fields, "tokens", max_bytes=self._remote_store.max_message_bytes)
+        tokens = wire.load_json(raw, "token batch")
+        if not isinstance(tokens, list):
+            raise WireFormatError("A token batch must be a JSON array.")
+        return tokens
 
     async def _aresolver(self) -> Message:
         async for _token in self:
@@ -195,45 +287,53 @@ class RemoteMessagePromise(MessagePromise):
         return self._final
 
 
-async def aopen_message_promise(key_or_hash: str, *, idle_timeout_s: float | None = None,
-                                block_ms: int = DEFAULT_BLOCK_MS) -> MessagePromise:
+async def aopen_message_promise(
+    key_or_hash: str, *, idle_timeout_s: float | None = None, block_ms: int = DEFAULT_BLOCK_MS
+) -> MessagePromise:
     """Open the message stored under ``key_or_hash`` (a key, a hash key or a message id).
 
     It returns once the message's first entry exists, so ``known_beforehand`` and
     ``message_class`` are available at once; its tokens replay and then tail live.
+
+    :raises TimeoutError: the stream got no entry within ``idle_timeout_s``
+    :raises WireFormatError: the first entry is malformed (it is recorded as a dead letter)
     """
     store = _store()
-    tail = StreamTail(store, message_key(store, key_or_hash), block_ms=block_ms, idle_timeout_s=idle_timeout_s)
-    first = await tail.anext_entry()
+    return await _aopen_message(
+        store, message_key(store, key_or_hash), idle_timeout_s=idle_timeout_s, block_ms=block_ms
+    )
+
+
+async def _aopen_message(
+    store: StreamStore,
+    key: str,
+    *,
+    idle_timeout_s: float | None,
+    block_ms: int,
+    missing_ok: bool = True,
+) -> RemoteMessagePromise:
+    tail = StreamTail(store, key, block_ms=block_ms, idle_timeout_s=idle_timeout_s)
     try:
+        first = await tail.anext_entry(missing_ok=missing_ok)
         kind = _kind(first)
         if kind == wire.KIND_START:
-            class_name = wire.field(first, "class", max_bytes=256)
-            raw_known = wire.field(first, "known_beforehand", max_bytes=store.max_message_bytes)
-            assert class_name is not None and raw_known is not None
-            known = wire.build_frozen(wire.load_json(raw_known, "known_beforehand"), {})
-            from brokeragents.frozen import lookup_frozen_class
-
-            message_class = lookup_frozen_class(class_name)
-            if not issubclass(message_class, Message):
-                raise WireFormatError(f"{class_name!r} is not a message class.")
+            known, message_class = _start_of(store, first)
             return RemoteMessagePromise(store, tail, known, message_class, None)
         if kind == wire.KIND_MESSAGE:
             message = await _amessage_from(store, first)
-            promise = RemoteMessagePromise(store, tail, message, type(message), first)
-            return promise
+            return RemoteMessagePromise(store, tail, message, type(message), first)
         raise WireFormatError(f"A message stream cannot start with a {kind!r} entry.")
     except WireFormatError as exc:
-        await store.arecord_dead_letter(str(exc), key=tail.key)
-        raise
+        raise await _areject(store, tail, exc) from exc
 
 
 class _RemoteSequenceStream(AsyncIterator[MessagePromise]):
     """Sequence entries as message promises; error entries raise and the stream goes on."""
 
-    def __init__(self, store: StreamStore, tail: StreamTail) -> None:
+    def __init__(self, store: StreamStore, tail: StreamTail, idle_timeout_s: float | None) -> None:
         self._store = store
         self._tail = tail
+        self._idle_timeout_s = idle_timeout_s
         self._expected = 0
         self._attempt = 1
         self._ended = False
@@ -245,37 +345,53 @@ class _RemoteSequenceStream(AsyncIterator[MessagePromise]):
         while not self._ended:
             fields = await self._tail.anext_entry()
             try:
-                attempt = _attempt(fields)
-                if attempt < self._attempt:
-                    continue  # written late by a worker whose call was already taken over
-                if _kind(fields) == wire.KIND_RESTART:
-                    self._attempt = attempt
-                    self._expected = 0
-                    raise ReplyRestartedError(
-                        f"The worker serving this call was lost; the reply restarts (attempt {attempt})."
-                    )
-                position = _position(fields)
-                if position < self._expected:
-                    continue  # a repeat written by a retried pipeline
-                if position > self._expected:
-                    raise WireFormatError(f"Sequence entries {self._expected}..{position - 1} are missing.")
-                self._expected += 1
-                kind = _kind(fields)
-                if kind == wire.KIND_END:
-                    self._ended = True
-                    break
-                if kind == wire.KIND_ERROR:
-                    raise _error_from(fields, self._store.max_message_bytes)
-                if kind != wire.KIND_MESSAGE:
-                    raise WireFormatError(f"Unexpected entry kind {kind!r} in a sequence stream.")
-                key = wire.field(fields, "key", max_bytes=512)
-                assert key is not None
-                return await aopen_message_promise(key)
+                key = self._accept(fields)
             except WireFormatError as exc:
                 self._ended = True  # a corrupt sequence cannot be trusted past this point
-                await self._store.arecord_dead_letter(str(exc), key=self._tail.key)
-                raise
+                raise await _areject(self._store, self._tail, exc) from exc
+            if isinstance(key, BaseException):
+                raise key  # an error entry (or a restart): the sequence goes on after it
+            if key is not None:
+                # The writer adds a message's first entry before any reference to it, so a
+                # missing stream is an error here (at this position only), not a reason to wait.
+                return await _aopen_message(
+                    self._store,
+                    key,
+                    idle_timeout_s=self._idle_timeout_s,
+                    block_ms=self._tail._block_ms,
+                    missing_ok=False,
+                )
         raise StopAsyncIteration
+
+    def _accept(self, fields: wire.Fields) -> str | BaseException | None:
+        """Check one entry: the message key it refers to, the error it stands for, or None."""
+        attempt = _attempt(fields)
+        if attempt < self._attempt:
+            return None  # written late by a worker whose call was already taken over
+        if _kind(fields) == wire.KIND_RESTART:
+            self._attempt = attempt
+            self._expected = 0
+            return ReplyRestartedError(
+                f"The worker serving this call was lost; the reply restarts (attempt {attempt})."
+            )
+        position = _position(fields)
+        if position < self._expected:
+            return None  # a repeat written by a retried pipeline
+        if position > self._expected:
+            raise WireFormatError(f"Sequence entries {self._expected}..{position - 1} are missing.")
+        self._expected += 1
+        kind = _kind(fields)
+        if kind == wire.KIND_END:
+            self._ended = True
+            return None
+        if kind == wire.KIND_ERROR:
+            return _error_from(fields, self._store.max_message_bytes)
+        if kind != wire.KIND_MESSAGE:
+            raise WireFormatError(f"Unexpected entry kind {kind!r} in a sequence stream.")
+        key = wire.require_field(fields, "key", max_bytes=_MAX_KEY_BYTES)
+        if not self._store.keys.is_message_key(key):
+            raise WireFormatError(f"The entry refers to {key!r}, which is not a message key.")
+        return key
 
 
 class RemoteSequencePromise(MessageSequencePromise):
@@ -292,14 +408,26 @@ class RemoteSafeSequencePromise(SafeMessageSequencePromise):
         return False
 
 
-async def aopen_sequence_promise(key: str, *, errors_as_messages: bool = False,
-                                 block_ms: int = DEFAULT_BLOCK_MS) -> MessageSequencePromise:
-    """Open the message sequence stored under ``key`` (``ba:seq:{...}`` or a call's reply key)."""
+async def aopen_sequence_promise(
+    key: str,
+    *,
+    errors_as_messages: bool = False,
+    block_ms: int = DEFAULT_BLOCK_MS,
+    idle_timeout_s: float | None = None,
+) -> MessageSequencePromise:
+    """Open the message sequence stored under ``key`` (``<prefix>:seq:{id}`` or a call's input/reply).
+
+    ``idle_timeout_s`` bounds every wait for a new entry, of the sequence and of its messages.
+
+    :raises ValueError: ``key`` is not a sequence key under the context's prefix
+    """
     store = _store()
-    tail = StreamTail(store, key, block_ms=block_ms)
+    if not store.keys.is_sequence_key(key):
+        raise ValueError(f"{key!r} is not a sequence key under the prefix {store.keys.prefix!r}.")
+    tail = StreamTail(store, key, block_ms=block_ms, idle_timeout_s=idle_timeout_s)
 
     def streamer(_promise: Any) -> AsyncIterator[MessagePromise]:
-        return _RemoteSequenceStream(store, tail)
+        return _RemoteSequenceStream(store, tail, idle_timeout_s)
 
     promise: MessageSequencePromise
     if errors_as_messages:

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from brokeragents.context import PromisingContext, PromiseResolvedEventHandler
+from brokeragents.context import PromiseResolvedEventHandler, PromisingContext
 from brokeragents.frozen import Frozen
 from brokeragents.messages import Message
 
 if TYPE_CHECKING:
-    from brokeragents.agents import AgentCall, MiniAgent
+    from brokeragents.agents import MiniAgent
+    from brokeragents.calls import AgentCall
     from brokeragents.promise import Promise
 
 PersistMessagesEventHandler = Callable[[Iterable[Message]], Awaitable[None]]
@@ -118,20 +119,18 @@ class MiniAgents(PromisingContext):
             self._collect_unpersisted(message, extend_with_sub_messages, batch)
         if not batch or not self._persist_handlers:
             return batch
-        calls = [handler(batch) for handler in self._persist_handlers]
         try:
             if parallelise_handlers:
-                results = await asyncio.gather(*calls, return_exceptions=True)
+                results = await asyncio.gather(
+                    *(handler(batch) for handler in self._persist_handlers), return_exceptions=True
+                )
                 errors = [result for result in results if isinstance(result, BaseException)]
                 if errors:
                     raise errors[0]
             else:
-                for call in calls:
-                    await call
+                for handler in self._persist_handlers:
+                    await handler(batch)
         except Exception:
-            for call in calls:  # close the coroutines a failure left unstarted
-                if asyncio.iscoroutine(call) and call.cr_frame is not None and not call.cr_running:
-                    call.close()
             if raise_on_error:
                 raise
             self.logger.exception("A persistence handler failed")

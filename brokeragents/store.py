@@ -4,11 +4,16 @@ Producers never wait on Redis. Every write (a token, a final message, a sequence
 an in-memory buffer, and one owned flusher task sends the buffer as a pipeline. When the producer
 outruns Redis, the buffer grows between flushes and consecutive tokens of one message are
 coalesced into a single stream entry, so the cost per token stays far below a round trip.
+
+Retention: every stream written in a batch gets its TTL (``finished_stream_ttl_s``) reset in that
+batch, so a finished stream expires that long after its last entry, and so does one whose
+producer died half-way. A call's hash gets its TTL once the call is finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -18,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from brokeragents import wire
-from brokeragents.errors import BrokerAgentsError
+from brokeragents.errors import BrokerAgentsError, MessageTooLargeError
 from brokeragents.keys import Keys, new_id
 from brokeragents.messages import Message, Token
 
@@ -31,15 +36,22 @@ logger = logging.getLogger("brokeragents.store")
 _DEAD_LETTER_MAXLEN = 10_000
 _RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # the last one repeats
 _CLOSE_RETRY_BUDGET_S = 10.0
+# Hash keys known to be written; bounded, since a worker may run for weeks.
+_STORED_HASHES_MAX = 100_000
 
 
 class RedisUnavailableError(BrokerAgentsError, ConnectionError):
     """Raised when the context cannot reach its Redis server."""
 
 
+# Longer than any blocking read (XREAD/XREADGROUP BLOCK are at most a few seconds): redis-py 6+
+# defaults socket_timeout to 5 s, which made every BLOCK 5000 read fail with a TimeoutError.
+_SOCKET_TIMEOUT_S = 30.0
+
+
 def create_redis_client(url: str) -> Redis:
     """A client with RESP2 pinned, so reply shapes do not depend on the redis-py version."""
-    return Redis.from_url(url, protocol=2, health_check_interval=30)
+    return Redis.from_url(url, protocol=2, health_check_interval=30, socket_timeout=_SOCKET_TIMEOUT_S)
 
 
 class StreamStore:
@@ -66,17 +78,19 @@ class StreamStore:
         self.keys = Keys(key_prefix)
         self.max_message_bytes = max_message_bytes
         self.context = context
-        self._ttl_s = finished_stream_ttl_s
-        # Pending writes in order: (key, fields) or (key, list-of-tokens) for coalesced tokens.
-        self._pending: list[tuple[str, Any]] = []
+        self._ttl_s = None if finished_stream_ttl_s is None else max(1, int(finished_stream_ttl_s))
+        # Pending writes in order; a _Tokens item keeps growing until the flusher takes it.
+        self._pending: list[tuple[str, _Entry | _Tokens | _HashFields | _Expire]] = []
         self._last_tokens: dict[str, _Tokens] = {}
         # Next position per open stream: token index of a message, entry index of a sequence.
         self._positions: dict[str, int] = {}
         self._attempts: dict[str, str] = {}
+        # Message streams that got an error entry in place of an oversized token: nothing more.
+        self._poisoned: set[str] = set()
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
-        self._stored_hashes: set[str] = set()
+        self._stored_hashes: dict[str, None] = {}  # insertion-ordered: the oldest is evicted
         self._flushed = asyncio.Event()
         self._flushed.set()
 
@@ -113,9 +127,9 @@ class StreamStore:
 
     # --- buffering (synchronous, called on the producer's path) -----------------------------------
 
-    def _add(self, key: str, fields: dict[str, Any]) -> None:
-        self._last_tokens.pop(key, None)
-        self._pending.append((key, fields))
+    def _add(self, key: str, fields: dict[str, str], *, maxlen: int | None = None) -> None:
+        self._last_tokens.pop(key, None)  # later tokens must go after this entry
+        self._pending.append((key, _Entry(fields, maxlen)))
         self._signal()
 
     def _signal(self) -> None:
@@ -123,14 +137,15 @@ class StreamStore:
             self._flushed.clear()
             self._wakeup.set()
             if self._flusher is None:
-                try:
+                # No running loop (sync construction): aconnect starts the flusher later.
+                with contextlib.suppress(RuntimeError):
                     self._ensure_flusher()
-                except RuntimeError:  # no running loop (sync construction); aconnect starts it
-                    pass
 
     def _expire(self, key: str) -> None:
+        """Reset the TTL of ``key`` in the next batch (keys written by XADD get it anyway)."""
         if self._ttl_s is not None:
-            self._pending.append((key, _Expire(self._ttl_s)))
+            self._pending.append((key, _Expire()))
+            self._signal()
 
     def write_hash(self, key: str, fields: dict[str, str], *, finished: bool = False) -> None:
         """Set fields of a hash (a call's description); ``finished`` starts its TTL."""
@@ -140,88 +155,161 @@ class StreamStore:
         self._signal()
 
     def register_message_promise(self, promise: MessagePromise) -> str:
-        """Give a new message promise its stream key and write what is known already."""
+        """Give a new message promise its stream key and write what is known already.
+
+        :raises MessageTooLargeError: a prefilled message, one of its sub-messages, or the
+            ``known_beforehand`` fields are over ``max_message_bytes``
+        """
         if promise.is_resolved:
             message = promise._result
             assert isinstance(message, Message)
             return self.store_message(message)
+        fields = _start_fields(promise)
+        self._check_size(len(fields["known_beforehand"].encode("utf-8")), "The known_beforehand fields")
         key = self.keys.message(new_id())
-        self._add(
-            key,
-            {
-                "kind": wire.KIND_START,
-                "class": promise.message_class.__name__,
-                "known_beforehand": promise.known_beforehand.serialized,
-            },
-        )
+        self._add(key, fields)
         return key
 
     def message_token(self, promise: MessagePromise, token: Token) -> None:
         key = promise.redis_key
-        if key is None:
+        if key is not None:
+            self._append_token(key, token)
+
+    def _append_token(self, key: str, token: Token) -> None:
+        if key in self._poisoned:
+            return
+        encoded = json.dumps(wire.encode_token(token), ensure_ascii=False, separators=(",", ":"))
+        size = len(encoded.encode("utf-8"))
+        if size + 2 > self.max_message_bytes:  # +2: the brackets of the JSON array
+            # A reader would reject the entry; tell it why at this position instead.
+            self._poisoned.add(key)
+            self._positions.pop(key, None)
+            self._add(
+                key,
+                wire.encode_error(
+                    MessageTooLargeError(
+                        f"A {type(token).__name__} of {size} bytes is over the limit of "
+                        f"{self.max_message_bytes} bytes (max_message_bytes)."
+                    )
+                ),
+            )
             return
         index = self._positions.get(key, 0)
         self._positions[key] = index + 1
         batch = self._last_tokens.get(key)
-        if batch is not None:
-            batch.tokens.append(token)  # coalesce with the token entry not yet sent
+        if batch is not None and batch.size + size + 1 <= self.max_message_bytes:
+            batch.add(encoded, size)  # coalesce with the token entry not yet sent
             return
-        batch = _Tokens(index, token)
+        batch = _Tokens(index, encoded, size)
         self._last_tokens[key] = batch
         self._pending.append((key, batch))
         self._signal()
 
     def message_resolved(self, promise: MessagePromise, message: Message) -> None:
         key = promise.redis_key
-        if key is None:
-            return
-        self._positions.pop(key, None)
-        hash_key = self.store_message(message)
-        if key != hash_key:
-            self._add(key, _message_fields(message))
-            self._expire(key)
+        if key is not None:
+            self._finish_resolved(key, message)
 
     def message_failed(self, promise: MessagePromise, exc: BaseException) -> None:
         key = promise.redis_key
         if key is not None:
-            self._positions.pop(key, None)
+            self._finish_failed(key, exc)
+
+    def _finish_resolved(self, key: str, message: Message) -> None:
+        # Called from a promise's resolution hook: it must never raise.
+        try:
+            hash_stream = self.store_message(message)
+        except MessageTooLargeError as exc:
+            logger.error("Not storing %s: %s", key, exc)
+            self._finish_failed(key, exc)
+            return
+        self._positions.pop(key, None)
+        if key in self._poisoned:
+            self._poisoned.discard(key)
+        elif key != hash_stream:
+            self._add(key, _message_fields(message))
+
+    def _finish_failed(self, key: str, exc: BaseException) -> None:
+        self._positions.pop(key, None)
+        if key in self._poisoned:
+            self._poisoned.discard(key)  # its error entry is written already
+        else:
             self._add(key, wire.encode_error(exc))
-            self._expire(key)
 
     def store_message(self, message: Message) -> str:
-        """Store ``message`` (and its sub-messages first) under its hash key; return that key."""
-        key = self.keys.message(message.hash_key)
-        if message.hash_key in self._stored_hashes:
-            return key
-        for sub_message in message.sub_messages():
-            self.store_message(sub_message)
-        self._stored_hashes.add(message.hash_key)
-        self._add(key, _message_fields(message))
-        self._expire(key)
-        return key
+        """Store ``message`` (and its sub-messages first) under its hash key; return that key.
+
+        A message stored before only gets its TTL refreshed, with its sub-messages, so that a
+        message still in use never outlives what it refers to.
+
+        :raises MessageTooLargeError: the message or a sub-message is over ``max_message_bytes``
+            (checked before anything is buffered)
+        """
+        new: dict[str, Message] = {}
+        known: list[str] = []
+        for item in (*message.sub_messages(), message):
+            hash_key = item.hash_key
+            if hash_key in new:
+                continue
+            if hash_key in self._stored_hashes:
+                known.append(hash_key)
+            else:
+                self._check_size(len(item.serialized.encode("utf-8")), type(item).__name__)
+                new[hash_key] = item
+        for hash_key, item in new.items():
+            # MAXLEN 1: a hash stream holds one message entry, however often it is stored.
+            self._add(self.keys.message(hash_key), _message_fields(item), maxlen=1)
+            self._remember(hash_key)
+        for hash_key in known:
+            self._expire(self.keys.message(hash_key))
+            self._remember(hash_key)
+        return self.keys.message(message.hash_key)
+
+    def _remember(self, hash_key: str) -> None:
+        self._stored_hashes.pop(hash_key, None)
+        self._stored_hashes[hash_key] = None
+        if len(self._stored_hashes) > _STORED_HASHES_MAX:
+            # Forgetting only costs a repeated write, which MAXLEN 1 keeps harmless.
+            del self._stored_hashes[next(iter(self._stored_hashes))]
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"{what} is {size} bytes serialized, over the limit of {self.max_message_bytes} "
+                f"bytes (max_message_bytes)."
+            )
 
     def sequence_message(self, sequence_key: str, promise: MessagePromise) -> None:
         message_key = promise.redis_key
         if message_key is None:
-            # A promise of an unconnected context: reserve its place now, write it when whole.
-            message_key = self.keys.message(new_id())
-            self._add_sequence_entry(sequence_key, {"kind": wire.KIND_MESSAGE, "key": message_key})
-            self.context.start_soon(self._astore_whole(message_key, promise))
-            return
-        self._add_sequence_entry(sequence_key, {"kind": wire.KIND_MESSAGE, "key": message_key})
-        if not promise.is_resolved:
+            message_key = self._mirror_unconnected(promise)
+        elif promise._store is self and not promise.is_resolved:
             # Remote readers wait for this message's end entry, so make sure it gets produced.
             self.context.start_soon(promise._adrive())
+        self._add_sequence_entry(sequence_key, {"kind": wire.KIND_MESSAGE, "key": message_key})
 
-    async def _astore_whole(self, message_key: str, promise: MessagePromise) -> None:
+    def _mirror_unconnected(self, promise: MessagePromise) -> str:
+        """Write a promise of an unconnected context like one of ours; return its stream key."""
+        if promise.is_resolved and isinstance(promise._result, Message):
+            try:
+                return self.store_message(promise._result)
+            except MessageTooLargeError:
+                pass  # streamed below, where its error entry tells readers why
+        key = self.keys.message(new_id())
+        # The start entry goes first, so a reference never points at a stream not there yet.
+        self._add(key, _start_fields(promise))
+        self.context.start_soon(self._amirror(key, promise))
+        return key
+
+    async def _amirror(self, key: str, promise: MessagePromise) -> None:
         try:
+            async for token in promise:
+                self._append_token(key, token)
             message = await promise
         except Exception as exc:
-            self._add(message_key, wire.encode_error(exc))
+            self._finish_failed(key, exc)
         else:
-            self.store_message(message)
-            self._add(message_key, _message_fields(message))
-        self._expire(message_key)
+            self._finish_resolved(key, message)
 
     def sequence_error(self, sequence_key: str, exc: BaseException) -> None:
         self._add_sequence_entry(sequence_key, wire.encode_error(exc))
@@ -230,9 +318,8 @@ class StreamStore:
         self._add_sequence_entry(sequence_key, {"kind": wire.KIND_END})
         self._positions.pop(sequence_key, None)
         self._attempts.pop(sequence_key, None)
-        self._expire(sequence_key)
 
-    def _add_sequence_entry(self, sequence_key: str, fields: dict[str, Any]) -> None:
+    def _add_sequence_entry(self, sequence_key: str, fields: dict[str, str]) -> None:
         index = self._positions.get(sequence_key, 0)
         self._positions[sequence_key] = index + 1
         fields["i"] = str(index)
@@ -254,7 +341,8 @@ class StreamStore:
 
     async def arecord_dead_letter(self, reason: str, **details: str) -> None:
         """Record a rejected entry in the dead-letter stream (trimmed), never raising."""
-        fields = {"reason": reason[:4096], "at_ms": str(int(time.time() * 1000))}
+        # Typed loosely: redis-py's field mapping type is invariant.
+        fields: dict[Any, Any] = {"reason": reason[:4096], "at_ms": str(int(time.time() * 1000))}
         fields.update({k: v[:4096] for k, v in details.items()})
         try:
             await self.redis.xadd(
@@ -270,26 +358,40 @@ class StreamStore:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._pending:
-                await self._aflush_batch()
+                try:
+                    await self._aflush_batch()
+                except Exception:
+                    # A bug here must not stop every later write, nor leave aflush() waiting.
+                    logger.exception("Dropped a batch of Redis writes")
             if not self._pending:
                 self._flushed.set()
                 if self._closing:
                     return
 
-    async def _aflush_batch(self) -> None:
+    def _take_batch(self) -> list[tuple[str, str, Any]]:
+        """The pending writes as pipeline commands; each written stream's TTL is reset last."""
         batch, self._pending = self._pending, []
         self._last_tokens.clear()
         commands: list[tuple[str, str, Any]] = []
+        expiring: dict[str, None] = {}
         for key, item in batch:
             if isinstance(item, _Tokens):
-                fields = {"kind": wire.KIND_TOKENS, "i": str(item.first_index), "tokens": wire.encode_tokens(item.tokens)}
-                commands.append(("xadd", key, fields))
-            elif isinstance(item, _Expire):
-                commands.append(("expire", key, max(1, int(item.ttl_s))))
+                fields = {"kind": wire.KIND_TOKENS, "i": str(item.first_index), "tokens": item.json()}
+                commands.append(("xadd", key, (fields, None)))
+                expiring[key] = None
+            elif isinstance(item, _Entry):
+                commands.append(("xadd", key, (item.fields, item.maxlen)))
+                expiring[key] = None
             elif isinstance(item, _HashFields):
                 commands.append(("hset", key, item.fields))
             else:
-                commands.append(("xadd", key, item))
+                expiring[key] = None
+        if self._ttl_s is not None:
+            commands.extend(("expire", key, self._ttl_s) for key in expiring)
+        return commands
+
+    async def _aflush_batch(self) -> None:
+        commands = self._take_batch()
         started = time.monotonic()
         attempt = 0
         while True:
@@ -298,7 +400,9 @@ class StreamStore:
             pipe = self.redis.pipeline(transaction=False)
             for command, key, argument in commands:
                 if command == "xadd":
-                    pipe.xadd(key, argument)
+                    fields, maxlen = argument
+                    # Exact trimming: "~" would leave a short stream untrimmed.
+                    pipe.xadd(key, fields, maxlen=maxlen, approximate=False)
                 elif command == "hset":
                     pipe.hset(key, mapping=argument)
                 else:
@@ -309,22 +413,44 @@ class StreamStore:
             except (RedisError, OSError) as exc:
                 attempt += 1
                 if self._closing and time.monotonic() - started > _CLOSE_RETRY_BUDGET_S:
-                    logger.error("Dropping %d Redis writes at shutdown after %d attempts: %s",
-                                 len(commands), attempt, exc)
+                    logger.error(
+                        "Dropping %d Redis writes at shutdown after %d attempts: %s",
+                        len(commands),
+                        attempt,
+                        exc,
+                    )
                     return
                 delay_s = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S)) - 1]
                 logger.warning("Redis write failed (%s); retrying in %.2f s", exc, delay_s)
                 await asyncio.sleep(delay_s)
 
 
+class _Entry:
+    """One stream entry to add; ``maxlen`` trims the stream to that many entries."""
+
+    __slots__ = ("fields", "maxlen")
+
+    def __init__(self, fields: dict[str, str], maxlen: int | None) -> None:
+        self.fields = fields
+        self.maxlen = maxlen
+
+
 class _Tokens:
-    """Tokens of one message waiting to be written as one entry."""
+    """Tokens of one message waiting to be written as one entry, already JSON-encoded."""
 
-    __slots__ = ("first_index", "tokens")
+    __slots__ = ("encoded", "first_index", "size")
 
-    def __init__(self, first_index: int, token: Token) -> None:
+    def __init__(self, first_index: int, encoded: str, size: int) -> None:
         self.first_index = first_index
-        self.tokens = [token]
+        self.encoded = [encoded]
+        self.size = size + 2  # with the brackets
+
+    def add(self, encoded: str, size: int) -> None:
+        self.encoded.append(encoded)
+        self.size += size + 1  # with the comma
+
+    def json(self) -> str:
+        return "[" + ",".join(self.encoded) + "]"
 
 
 class _HashFields:
@@ -335,10 +461,17 @@ class _HashFields:
 
 
 class _Expire:
-    __slots__ = ("ttl_s",)
+    """Marks a key whose TTL the next batch resets."""
 
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
+    __slots__ = ()
+
+
+def _start_fields(promise: MessagePromise) -> dict[str, str]:
+    return {
+        "kind": wire.KIND_START,
+        "class": promise.message_class.__name__,
+        "known_beforehand": promise.known_beforehand.serialized,
+    }
 
 
 def _message_fields(message: Message) -> dict[str, str]:

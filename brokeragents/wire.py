@@ -12,14 +12,13 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from brokeragents import errors as _errors
-from brokeragents.errors import RemoteError, WireFormatError
+from brokeragents.errors import RemoteError, UnknownMessageClassError, WireFormatError
 from brokeragents.frozen import Frozen, lookup_frozen_class
 from brokeragents.messages import Message, TextToken, Token
 
-Fields = Mapping[bytes | str, bytes | str]
+# An entry as redis-py returns it: bytes names and values (str with decode_responses=True).
+Fields = Mapping[Any, Any]
 
 KIND_START = "start"
 KIND_TOKENS = "tokens"
@@ -29,6 +28,12 @@ KIND_END = "end"
 KIND_RESTART = "restart"
 
 _MAX_ERROR_TEXT = 8192
+# Deeper JSON than this is hostile or broken; it would also hit Python's recursion limit.
+_MAX_JSON_DEPTH = 64
+# Hostile entries could name endless error types; past this many, classes are not cached.
+_MAX_REMOTE_ERROR_CLASSES = 1024
+# Rebuilt as themselves they would silently end the iteration that raises them.
+_NEVER_REBUILT = frozenset({"StopIteration", "StopAsyncIteration"})
 _remote_error_classes: dict[str, type[RemoteError]] = {}
 # Our own errors keep their class across processes (e.g. ReplyRestartedError).
 _OWN_ERRORS: dict[str, type[Exception]] = {
@@ -39,12 +44,14 @@ _OWN_ERRORS: dict[str, type[Exception]] = {
 
 
 def encode_token(token: Token) -> Any:
-    """A plain text token is stored as its string; any other token as its JSON object."""
-    if type(token) is TextToken and token.content is not None and len(token.model_fields_set) <= 1:
-        extra = token.model_extra
-        if not extra:
-            return token.content
-    return token.serialize()
+    """A plain text token is stored as its string; any other token as its JSON object.
+
+    Other tokens keep any message they hold inline (``Frozen.serialize``, not the message form
+    with hash-key references), so a reader rebuilds a token from its entry alone.
+    """
+    if type(token) is TextToken and token.content is not None and not token.model_extra:
+        return token.content
+    return Frozen.serialize(token)
 
 
 def encode_tokens(tokens: list[Token]) -> str:
@@ -55,38 +62,42 @@ def decode_token(raw: Any) -> Token:
     if isinstance(raw, str):
         return TextToken(raw)
     if isinstance(raw, dict):
-        frozen = build_frozen(raw, {})
-        if not isinstance(frozen, Token):
-            raise WireFormatError(f"Expected a token, got class {type(frozen).__name__!r}.")
-        return frozen
+        token = build_frozen(raw, {}, base=Token)
+        assert isinstance(token, Token)
+        return token
     raise WireFormatError(f"A token must be a string or an object, got {type(raw).__name__}.")
 
 
 def encode_error(exc: BaseException) -> dict[str, str]:
-    return {"kind": KIND_ERROR, "error_type": type(exc).__name__, "error_message": str(exc)[:_MAX_ERROR_TEXT]}
+    # str(KeyError("k")) is "'k'": store the argument, so the rebuilt KeyError prints the same.
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    return {"kind": KIND_ERROR, "error_type": type(exc).__name__, "error_message": text[:_MAX_ERROR_TEXT]}
 
 
 def rebuild_error(type_name: str, message: str) -> BaseException:
-    """The exception an error entry stands for: the builtin of that name, or a RemoteError subclass.
+    """The exception an error entry stands for: ours or a builtin of that name, else a RemoteError.
 
-    Only builtin exception classes are looked up by name; nothing else is ever resolved from the
-    wire, so a hostile entry cannot make us instantiate arbitrary classes.
+    Only our own error classes and builtin exception classes are looked up by name; nothing else
+    is ever resolved from the wire, so a hostile entry cannot make us instantiate arbitrary classes.
     """
-    own = _OWN_ERRORS.get(type_name)
-    if own is not None:
-        return own(message)
-    builtin = getattr(builtins, type_name, None)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
-        try:
-            return builtin(message)
-        except TypeError:  # e.g. UnicodeDecodeError needs more arguments
-            pass
+    if type_name not in _NEVER_REBUILT:
+        known = _OWN_ERRORS.get(type_name)
+        if known is None:
+            builtin = getattr(builtins, type_name, None)
+            if isinstance(builtin, type) and issubclass(builtin, Exception):
+                known = builtin
+        if known is not None:
+            try:
+                return known(message)
+            except TypeError:  # e.g. UnicodeDecodeError needs more arguments
+                pass
     if not type_name.isidentifier():
         type_name = "RemoteError"
     cls = _remote_error_classes.get(type_name)
     if cls is None:
         cls = type(type_name, (RemoteError,), {"__module__": "brokeragents.remote"})
-        _remote_error_classes[type_name] = cls
+        if len(_remote_error_classes) < _MAX_REMOTE_ERROR_CLASSES:
+            _remote_error_classes[type_name] = cls
     return cls(message)
 
 
@@ -97,6 +108,8 @@ def field(fields: Fields, name: str, *, max_bytes: int, required: bool = True) -
         if required:
             raise WireFormatError(f"The entry has no {name!r} field.")
         return None
+    if not isinstance(raw, bytes | str):
+        raise WireFormatError(f"The {name!r} field is a {type(raw).__name__}, not text.")
     if len(raw) > max_bytes:
         raise WireFormatError(f"The {name!r} field is {len(raw)} bytes, over the limit of {max_bytes}.")
     if isinstance(raw, bytes):
@@ -107,11 +120,37 @@ def field(fields: Fields, name: str, *, max_bytes: int, required: bool = True) -
     return raw
 
 
+def require_field(fields: Fields, name: str, *, max_bytes: int) -> str:
+    """:func:`field` for a field that must be present."""
+    value = field(fields, name, max_bytes=max_bytes)
+    assert value is not None
+    return value
+
+
 def load_json(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError as exc:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise WireFormatError(f"The {what} is not valid JSON: {exc}") from exc
+    if _nested_deeper_than(data, _MAX_JSON_DEPTH):
+        raise WireFormatError(f"The {what} is nested deeper than {_MAX_JSON_DEPTH} levels.")
+    return data
+
+
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def referenced_hash_keys(data: Any) -> list[str]:
@@ -131,12 +170,21 @@ def referenced_hash_keys(data: Any) -> list[str]:
     return found
 
 
-def build_frozen(data: Mapping[str, Any], sub_messages: Mapping[str, Message]) -> Frozen:
-    """Rebuild a Frozen (or Message) from its ``serialize()`` form; refs come from ``sub_messages``."""
+def build_frozen(data: Any, sub_messages: Mapping[str, Message], *, base: type[Frozen] = Frozen) -> Frozen:
+    """Rebuild a Frozen (or Message) from its ``serialize()`` form; refs come from ``sub_messages``.
+
+    :raises UnknownMessageClassError: ``class_`` names no registered class, or one that is not a
+        subclass of ``base``
+    """
+    if not isinstance(data, Mapping):
+        raise WireFormatError(f"A serialized object must be a JSON object, got {type(data).__name__}.")
     class_name = data.get("class_")
     if not isinstance(class_name, str):
         raise WireFormatError("A serialized object has no 'class_' name.")
     cls = lookup_frozen_class(class_name)
+    if not issubclass(cls, base):
+        # Checked before instantiating: the wire only ever builds the kind of object expected.
+        raise UnknownMessageClassError(f"{class_name!r} is not a {base.__name__} class.")
     fields: dict[str, Any] = {}
     for key, value in data.items():
         if key == "class_":
@@ -149,7 +197,7 @@ def build_frozen(data: Mapping[str, Any], sub_messages: Mapping[str, Message]) -
             fields[key] = _build_value(value, sub_messages)
     try:
         return cls(**fields)
-    except ValidationError as exc:
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise WireFormatError(f"Invalid {class_name} on the wire: {exc}") from exc
     except TypeError as exc:
         raise WireFormatError(f"Cannot rebuild {class_name}: {exc}") from exc
@@ -176,10 +224,13 @@ async def abuild_message(
     """Rebuild a message, loading its sub-messages by hash, and check its hash key."""
     if not isinstance(data, dict):
         raise WireFormatError("A serialized message must be a JSON object.")
+    class_name = data.get("class_")
+    if isinstance(class_name, str) and not issubclass(lookup_frozen_class(class_name), Message):
+        # Fail before loading any sub-message for an object that could never be accepted.
+        raise UnknownMessageClassError(f"{class_name!r} is not a Message class.")
     sub_messages = {h: await load_by_hash(h) for h in dict.fromkeys(referenced_hash_keys(data))}
-    message = build_frozen(data, sub_messages)
-    if not isinstance(message, Message):
-        raise WireFormatError(f"Expected a message, got class {type(message).__name__!r}.")
+    message = build_frozen(data, sub_messages, base=Message)
+    assert isinstance(message, Message)
     if expected_hash_key is not None and message.hash_key != expected_hash_key:
         raise WireFormatError(
             f"The rebuilt {type(message).__name__} hashes to {message.hash_key}, "
@@ -192,8 +243,10 @@ __all__ = (
     "KIND_END",
     "KIND_ERROR",
     "KIND_MESSAGE",
+    "KIND_RESTART",
     "KIND_START",
     "KIND_TOKENS",
+    "Fields",
     "abuild_message",
     "build_frozen",
     "decode_token",
@@ -204,4 +257,5 @@ __all__ = (
     "load_json",
     "rebuild_error",
     "referenced_hash_keys",
+    "require_field",
 )

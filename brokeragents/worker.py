@@ -125,13 +125,16 @@ class Worker:
                 raise ValueError("A worker needs a Redis URL.")
             self._mini_agents = mini_agents
             self._store = store
+            self._redis: Any = store.redis  # reply shapes checked here (see Registry)
             self._registry = Registry(store.redis, store.keys, worker_timeout_s=self.settings.worker_timeout_s)
             for alias in self.agents:
                 await self._aensure_group(alias)
             await self._aheartbeat_once()
             loops = [asyncio.create_task(self._aheartbeat_forever(), name="heartbeat")]
             loops.append(asyncio.create_task(self._aclaim_forever(), name="claimer"))
-            readers = [asyncio.create_task(self._aconsume_forever(alias), name=f"read {alias}") for alias in self.agents]
+            readers = [
+                asyncio.create_task(self._aconsume_forever(alias), name=f"read {alias}") for alias in self.agents
+            ]
             logger.info("Worker %s ready: serving %s", self.name, ", ".join(self.agents))
             self.ready.set()
             try:
@@ -161,7 +164,7 @@ class Worker:
     async def _aensure_group(self, alias: str) -> None:
         try:
             # At 0, so calls sent before any worker existed are served too.
-            await self._store.redis.xgroup_create(self._inbox(alias), WORKER_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self._inbox(alias), WORKER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -203,7 +206,7 @@ class Worker:
     async def _aread_and_serve(self, alias: str, start_id: str) -> None:
         slots = await self._areserve_slots()
         try:
-            reply = await self._store.redis.xreadgroup(
+            reply = await self._redis.xreadgroup(
                 WORKER_GROUP,
                 self.name,
                 {self._inbox(alias): start_id},
@@ -244,7 +247,7 @@ class Worker:
             await asyncio.sleep(self.settings.claim_interval_s)
 
     async def _aclaim_from_dead_workers(self, alias: str) -> None:
-        redis = self._store.redis
+        redis = self._redis
         inbox = self._inbox(alias)
         summary = await redis.xpending(inbox, WORKER_GROUP)
         for consumer in summary.get("consumers") or []:
@@ -291,7 +294,7 @@ class Worker:
     async def _aserve_call(self, alias: str, entry_id: str, request: _Request, *, retried: bool) -> None:
         store = self._store
         keys = store.keys
-        redis = store.redis
+        redis = self._redis
         call_key = keys.call(request.call_id)
         reply_key = keys.call_reply(request.call_id)
         attempt = int(await redis.hincrby(call_key, "attempt", 1))
@@ -323,18 +326,18 @@ class Worker:
             self.calls_served += 1
 
     async def _adeliveries(self, alias: str, entry_id: str) -> int:
-        pending = await self._store.redis.xpending_range(
+        pending = await self._redis.xpending_range(
             self._inbox(alias), WORKER_GROUP, min=entry_id, max=entry_id, count=1
         )
         return int(pending[0]["times_delivered"]) if pending else 1
 
     async def _astill_owner(self, call_key: str, attempt: int) -> bool:
-        current = await self._store.redis.hget(call_key, "attempt")
+        current = await self._redis.hget(call_key, "attempt")
         return current is not None and int(current) == attempt
 
     async def _aabandon_attempts_before(self, reply_key: str, attempt: int) -> None:
         """End the unfinished message streams of earlier attempts with a restart error."""
-        redis = self._store.redis
+        redis = self._redis
         restart = ReplyRestartedError(f"The worker serving this call was lost; restarted as attempt {attempt}.")
         for _entry_id, fields in await redis.xrange(reply_key, count=10_000):
             key = fields.get(b"key")
@@ -353,12 +356,12 @@ class Worker:
         self._store.sequence_error(reply_key, CallFailedError(f"Gave up: {reason}."))
         self._store.sequence_end(reply_key)
         await self._store.aflush()
-        await self._store.redis.hset(self._store.keys.call(request.call_id), "state", "failed")
+        await self._redis.hset(self._store.keys.call(request.call_id), "state", "failed")
         await self._aack(alias, entry_id)
 
     async def _aack(self, alias: str, entry_id: str) -> None:
         # Deleting acknowledged entries keeps the inbox as small as the work still to do.
-        pipe = self._store.redis.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         pipe.xack(self._inbox(alias), WORKER_GROUP, entry_id)
         pipe.xdel(self._inbox(alias), entry_id)
         await pipe.execute()

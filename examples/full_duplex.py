@@ -3,7 +3,6 @@
 Written as a MiniAgents program; only the import changed.
 """
 
-import asyncio
 
 from brokeragents import InteractionContext, MiniAgents, miniagent
 
