@@ -118,6 +118,14 @@ class AgentCall:
                     "created_ms": str(int(time.time() * 1000)),
                 },
             )
+            store.log_call(
+                {
+                    "call_id": self.call_id,
+                    "agent": agent.alias,
+                    "parent_call": parent.call.call_id if parent is not None else "",
+                    "reply": keys.call_reply(self.call_id),
+                }
+            )
 
     @classmethod
     def initiate(

@@ -40,6 +40,9 @@ _CLOSE_RETRY_BUDGET_S = 10.0
 _STORED_HASHES_MAX = 100_000
 
 
+CALLS_LOG_MAXLEN = 10_000
+
+
 class RedisUnavailableError(BrokerAgentsError, ConnectionError):
     """Raised when the context cannot reach its Redis server."""
 
@@ -153,6 +156,10 @@ class StreamStore:
         if finished:
             self._expire(key)
         self._signal()
+
+    def log_call(self, fields: dict[str, str]) -> None:
+        """Append a call start to the capped calls log (read by ``brokeragents tail``)."""
+        self._add(self.keys.calls_log(), fields, maxlen=CALLS_LOG_MAXLEN)
 
     def register_message_promise(self, promise: MessagePromise) -> str:
         """Give a new message promise its stream key and write what is known already.
