@@ -9,6 +9,7 @@ and both sequences are streams under the call's hash tag (docs/redis-layout.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 import warnings
@@ -47,6 +48,14 @@ class _ReplySequence(MessageSequence):
         self._normal_streamer = normal_streamer
 
     async def _abefore_end(self) -> None:
+        if self._call._input is None:
+            # Served for a caller in another process: the end entry tells remote readers that the
+            # reply is complete, so it is written only once every message of it is whole. A worker
+            # lost mid-message thus never ends the reply, and its readers wait for the restart.
+            for piece in self.sequence_promise.pieces_so_far:
+                if not isinstance(piece, BaseException):
+                    with contextlib.suppress(Exception):  # a message's error is in its stream
+                        await piece
         if self._call._awaits_reply_persistence():
             mini_agents = self._call.mini_agents
             for piece in self.sequence_promise.pieces_so_far:

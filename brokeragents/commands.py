@@ -94,11 +94,12 @@ async def acall(
     redis_url: str,
     as_json: bool,
     timeout_s: float,
+    key_prefix: str = "ba",
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
     """Trigger ``alias`` on the workers and print its reply; return the exit code."""
-    async with MiniAgents(redis_url=redis_url, remote_calls="always") as mini_agents:
+    async with MiniAgents(redis_url=redis_url, remote_calls="always", key_prefix=key_prefix) as mini_agents:
         if not await _await_worker(mini_agents, alias, timeout_s):
             err.write(
                 f"Error: no worker serves agent {alias!r} (waited {timeout_s:g} s). "

@@ -19,7 +19,7 @@ from brokeragents.errors import NoActiveContextError, PromisingContextError, Wro
 from brokeragents.sentinels import NO_VALUE, Sentinel
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
     from brokeragents.promise import Promise
     from brokeragents.store import StreamStore
@@ -45,7 +45,8 @@ class PromisingContext:
     """Holds defaults, owns background tasks and fires promise-resolved events.
 
     Pass ``redis_url`` (or a ready ``redis`` client, e.g. fakeredis in tests) to back every
-    message promise and message sequence by a Redis Stream. With neither, everything stays in
+    message promise and message sequence by a Redis Stream. A ``redis+cluster://host:port`` URL
+    (or a ``RedisCluster`` client) uses a Redis Cluster. With neither, everything stays in
     memory and no server is needed at all.
     """
 
@@ -59,7 +60,7 @@ class PromisingContext:
         log_level_for_errors: int = logging.ERROR,
         on_promise_resolved: PromiseResolvedEventHandler | Iterable[PromiseResolvedEventHandler] = (),
         redis_url: str | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         key_prefix: str = "ba",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         finished_stream_ttl_s: float | None = 24 * 3600.0,

@@ -42,9 +42,7 @@ class Keys:
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
-            raise ValueError(
-                f"Invalid key prefix {self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-'."
-            )
+            raise ValueError(f"Invalid key prefix {self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-'.")
 
     # messages and sequences
     def message(self, hash_key_or_id: str) -> str:

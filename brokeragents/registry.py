@@ -65,6 +65,15 @@ class Registry:
         pipe.delete(self.keys.worker(worker_name))
         await pipe.execute()
 
+    async def aprune(self, aliases: list[str], *, older_than_ms: float) -> None:
+        """Drop workers whose last heartbeat is older than ``older_than_ms`` from the registry sets."""
+        cutoff = now_ms() - older_than_ms
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.workers(), "-inf", f"({cutoff}")
+        for alias in aliases:
+            pipe.zremrangebyscore(self.keys.agent_workers(alias), "-inf", f"({cutoff}")
+        await pipe.execute()
+
     async def ais_alive(self, worker_name: str, aliases: list[str]) -> bool:
         """True when ``worker_name`` heartbeated recently (for any of ``aliases``)."""
         for alias in aliases:

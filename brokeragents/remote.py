@@ -12,6 +12,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from brokeragents import tracing
 from brokeragents.message_sequence import MessageSequencePromise
 from brokeragents.nodes import CallKwargs
 from brokeragents.promise import StreamedPromise
@@ -61,6 +62,7 @@ async def aforward_to_worker(call: AgentCall) -> None:
             "errors_as_messages": "1" if call.errors_as_messages else "0",
             "caller": display_agent_trace(parent.get_agent_trace()) if parent is not None else "",
             "sent_ms": str(int(time.time() * 1000)),
+            **tracing.trace_fields(),  # OpenTelemetry context, when the caller is in a span
         },
         maxlen=DEFAULT_INBOX_MAXLEN,
         approximate=True,

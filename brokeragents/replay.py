@@ -10,13 +10,17 @@ only: the sequence goes on.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from brokeragents import wire
 from brokeragents.context import PromisingContext
@@ -37,6 +41,9 @@ _PAGE = 1_000
 _HASH_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 _MAX_KEY_BYTES = 512
 _MAX_CLASS_NAME_BYTES = 256
+_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+logger = logging.getLogger("brokeragents.replay")
 
 Entry = tuple[Any, wire.Fields]
 
@@ -107,11 +114,20 @@ class StreamTail:
         :raises WireFormatError: the key is missing (when not ``missing_ok``) or not a stream
         """
         started = time.monotonic()
+        failures = 0
         while not self._buffer:
             try:
                 page = await self._aread_page(started)
             except ResponseError as exc:  # e.g. WRONGTYPE on XREAD
                 raise WireFormatError(f"{self.key} cannot be read as a stream: {exc}") from exc
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # A blip (a restart, a failover) must not fail a long call; a lasting outage does.
+                if failures == len(_RETRY_DELAYS_S):
+                    raise
+                logger.warning("Reading %s failed (%s); retrying", self.key, exc)
+                await asyncio.sleep(_RETRY_DELAYS_S[failures])
+                failures += 1
+                continue
             if not page and not missing_ok and self.last_id == "0-0":
                 raise WireFormatError(f"The stream {self.key} does not exist (expired or never written).")
             self._buffer.extend(page)
@@ -125,7 +141,7 @@ class StreamTail:
             page = await _axrange(self._store, self.key, min_id=f"({self.last_id}", count=_PAGE)
             self._replaying = len(page) == _PAGE
             return page
-        block_ms = self._block_ms
+        block_ms = self._store.safe_block_ms(self._block_ms)
         if self._idle_timeout_s is not None:
             left_ms = int((self._idle_timeout_s - (time.monotonic() - started)) * 1000)
             if left_ms <= 0:
@@ -219,9 +235,7 @@ class RemoteMessagePromise(MessagePromise):
         # Opened at a message entry: stored whole, it streams as its own tokens (G5).
         self._stored_whole = first is not None
         self._final: Message | None = None
-        super().__init__(
-            message_token_streamer=self._aread_tokens, message_class=message_class, start_soon=False
-        )
+        super().__init__(message_token_streamer=self._aread_tokens, message_class=message_class, start_soon=False)
         self.known_beforehand = known_beforehand
         self._source_key = tail.key
 
@@ -343,7 +357,11 @@ class _RemoteSequenceStream(AsyncIterator[MessagePromise]):
 
     async def __anext__(self) -> MessagePromise:
         while not self._ended:
-            fields = await self._tail.anext_entry()
+            try:
+                fields = await self._tail.anext_entry()
+            except TimeoutError:
+                self._ended = True  # the reader gives up: one error, then the end
+                raise
             try:
                 key = self._accept(fields)
             except WireFormatError as exc:

@@ -8,6 +8,7 @@ deadlocked; see docs/migrating-from-miniagents.md).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
     from brokeragents.promise import Promise
 
 PersistMessagesEventHandler = Callable[[Iterable[Message]], Awaitable[None]]
+
+# The batches whose handlers are running in this task (and the tasks it spawned): a handler that
+# persists more messages must not wait for its own batch to finish.
+_running_batches: contextvars.ContextVar[frozenset[asyncio.Future[None]]] = contextvars.ContextVar(
+    "brokeragents_running_persistence_batches", default=frozenset()
+)
 RemoteCalls = Literal["auto", "always", "never"]
 
 
@@ -86,6 +93,8 @@ class MiniAgents(PromisingContext):
         for handler in on_persist_messages:
             self.on_persist_messages(handler)
         self._persisted_hash_keys: set[str] = set()
+        # hash_key -> done-future of the batch whose handlers are persisting that message now.
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
         self.top_level_calls: list[AgentCall] = []
         self.remote_calls: RemoteCalls = remote_calls
         self.served_aliases: set[str] = set()  # filled by a worker for the agents it serves
@@ -111,16 +120,28 @@ class MiniAgents(PromisingContext):
         """Hand the messages not persisted yet (by hash key) to the handlers; return them.
 
         With ``extend_with_sub_messages`` each message's sub-messages come first, children
-        before parents. A message whose handler failed is not retried.
+        before parents. A message whose handler failed is not retried. A message that another
+        call is persisting right now is not handed over again, but waited for, so that on return
+        every given message has been through the handlers.
         """
         messages = [message_or_messages] if isinstance(message_or_messages, Message) else message_or_messages
         batch: list[Message] = []
+        others: set[asyncio.Future[None]] = set()
         for message in messages:
-            self._collect_unpersisted(message, extend_with_sub_messages, batch)
-        if not batch or not self._persist_handlers:
-            return batch
+            self._collect_unpersisted(message, extend_with_sub_messages, batch, others)
+        if batch and self._persist_handlers:
+            await self._arun_handlers(batch, parallelise_handlers, raise_on_error)
+        for done in others:
+            await asyncio.shield(done)  # our cancellation must not cancel the other batch's future
+        return batch
+
+    async def _arun_handlers(self, batch: list[Message], parallelise: bool, raise_on_error: bool) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for message in batch:
+            self._in_flight[message.hash_key] = done
+        token = _running_batches.set(_running_batches.get() | {done})
         try:
-            if parallelise_handlers:
+            if parallelise:
                 results = await asyncio.gather(
                     *(handler(batch) for handler in self._persist_handlers), return_exceptions=True
                 )
@@ -134,15 +155,26 @@ class MiniAgents(PromisingContext):
             if raise_on_error:
                 raise
             self.logger.exception("A persistence handler failed")
-        return batch
+        finally:
+            _running_batches.reset(token)
+            for message in batch:
+                del self._in_flight[message.hash_key]
+            done.set_result(None)
 
-    def _collect_unpersisted(self, message: Message, with_subs: bool, batch: list[Message]) -> None:
+    def _collect_unpersisted(
+        self, message: Message, with_subs: bool, batch: list[Message], others: set[asyncio.Future[None]]
+    ) -> None:
         # Marked before the handlers run: no locks, so no self-deadlock on repeated references.
-        if message.persistence_not_needed or message.hash_key in self._persisted_hash_keys:
+        if message.persistence_not_needed:
+            return
+        if message.hash_key in self._persisted_hash_keys:
+            done = self._in_flight.get(message.hash_key)
+            if done is not None and done not in _running_batches.get():
+                others.add(done)
             return
         if with_subs:
             for sub_message in direct_sub_messages(message):
-                self._collect_unpersisted(sub_message, True, batch)
+                self._collect_unpersisted(sub_message, True, batch, others)
         if message.hash_key in self._persisted_hash_keys:
             return
         self._persisted_hash_keys.add(message.hash_key)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from brokeragents import wire
@@ -50,11 +50,43 @@ class RedisUnavailableError(BrokerAgentsError, ConnectionError):
 # Longer than any blocking read (XREAD/XREADGROUP BLOCK are at most a few seconds): redis-py 6+
 # defaults socket_timeout to 5 s, which made every BLOCK 5000 read fail with a TimeoutError.
 _SOCKET_TIMEOUT_S = 30.0
+_REDIS_PY_DEFAULT_SOCKET_TIMEOUT_S = 5.0
+_MIN_BLOCK_MS = 100
+
+
+# A cluster client opens one connection per concurrent command per node and raises (instead of
+# waiting) past max_connections, while every tailing reader holds one in XREAD BLOCK: allow many.
+_CLUSTER_MAX_CONNECTIONS_PER_NODE = 10_000
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` / ``rediss+cluster://`` URLs or a ``cluster=true`` query."""
+    parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return True
+    return any(name == "cluster" and value.lower() in ("1", "true", "yes") for name, value in parse_qsl(parts.query))
+
+
+def _plain_url(url: str) -> str:
+    """The URL redis-py understands: the scheme without ``+cluster``, the query without ``cluster``."""
+    parts = urlsplit(url)
+    query = urlencode([(name, value) for name, value in parse_qsl(parts.query) if name != "cluster"])
+    return urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES.get(parts.scheme, parts.scheme), query=query))
 
 
 def create_redis_client(url: str) -> Redis:
-    """A client with RESP2 pinned, so reply shapes do not depend on the redis-py version."""
-    return Redis.from_url(url, protocol=2, health_check_interval=30, socket_timeout=_SOCKET_TIMEOUT_S)
+    """A client for ``url`` with RESP2 pinned, so reply shapes do not depend on the redis-py version.
+
+    A cluster URL (``redis+cluster://host:port``, ``rediss+cluster://...``, or any URL with
+    ``?cluster=true``) gives a :class:`redis.asyncio.RedisCluster` seeded by that node; it is typed
+    as ``Redis`` because it has the same command methods (see docs/dashboard-and-cluster.md).
+    """
+    options: dict[str, Any] = {"protocol": 2, "health_check_interval": 30, "socket_timeout": _SOCKET_TIMEOUT_S}
+    if is_cluster_url(url):
+        cluster = RedisCluster.from_url(_plain_url(url), max_connections=_CLUSTER_MAX_CONNECTIONS_PER_NODE, **options)
+        return cast(Redis, cluster)
+    return Redis.from_url(_plain_url(url) if "cluster=" in url else url, **options)
 
 
 class StreamStore:
@@ -64,7 +96,7 @@ class StreamStore:
         self,
         *,
         url: str | None,
-        client: Redis | None,
+        client: Redis | RedisCluster | None,
         key_prefix: str,
         finished_stream_ttl_s: float | None,
         max_message_bytes: int,
@@ -77,7 +109,8 @@ class StreamStore:
             self._owns_client = True
         else:
             self._owns_client = False
-        self.redis: Redis = client
+        # A RedisCluster has the same command methods; typed as Redis for the code reading replies.
+        self.redis: Redis = cast(Redis, client)
         self.keys = Keys(key_prefix)
         self.max_message_bytes = max_message_bytes
         self.context = context
@@ -96,6 +129,15 @@ class StreamStore:
         self._stored_hashes: dict[str, None] = {}  # insertion-ordered: the oldest is evicted
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self._max_block_ms = _max_block_ms(client)
+
+    def safe_block_ms(self, block_ms: int) -> int:
+        """``block_ms`` cut to half the client's socket timeout, for XREAD/XREADGROUP BLOCK.
+
+        A client given by the user may keep redis-py's default socket timeout (5 s): a BLOCK as
+        long as that fails with a TimeoutError instead of returning nothing.
+        """
+        return block_ms if self._max_block_ms is None else min(block_ms, self._max_block_ms)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -185,7 +227,7 @@ class StreamStore:
     def _append_token(self, key: str, token: Token) -> None:
         if key in self._poisoned:
             return
-        encoded = json.dumps(wire.encode_token(token), ensure_ascii=False, separators=(",", ":"))
+        encoded = wire.encode_token_json(token)
         size = len(encoded.encode("utf-8"))
         if size + 2 > self.max_message_bytes:  # +2: the brackets of the JSON array
             # A reader would reject the entry; tell it why at this position instead.
@@ -352,9 +394,7 @@ class StreamStore:
         fields: dict[Any, Any] = {"reason": reason[:4096], "at_ms": str(int(time.time() * 1000))}
         fields.update({k: v[:4096] for k, v in details.items()})
         try:
-            await self.redis.xadd(
-                self.keys.dead_letters(), fields, maxlen=_DEAD_LETTER_MAXLEN, approximate=True
-            )
+            await self.redis.xadd(self.keys.dead_letters(), fields, maxlen=_DEAD_LETTER_MAXLEN, approximate=True)
         except (RedisError, OSError):
             logger.exception("Could not record a dead letter: %s", reason)
 
@@ -432,6 +472,16 @@ class StreamStore:
                 await asyncio.sleep(delay_s)
 
 
+def _max_block_ms(client: Any) -> int | None:
+    pool = getattr(client, "connection_pool", None)
+    options: dict[str, Any] = getattr(pool, "connection_kwargs", {})
+    # Absent means redis-py's own default, 5 s since redis-py 6 (unknown for a cluster client).
+    timeout_s = options.get("socket_timeout", _REDIS_PY_DEFAULT_SOCKET_TIMEOUT_S)
+    if timeout_s is None:
+        return None
+    return max(_MIN_BLOCK_MS, int(timeout_s * 1000 / 2))
+
+
 class _Entry:
     """One stream entry to add; ``maxlen`` trims the stream to that many entries."""
 
@@ -477,7 +527,7 @@ def _start_fields(promise: MessagePromise) -> dict[str, str]:
     return {
         "kind": wire.KIND_START,
         "class": promise.message_class.__name__,
-        "known_beforehand": promise.known_beforehand.serialized,
+        "known_beforehand": wire.encode_frozen(promise.known_beforehand),
     }
 
 
@@ -485,8 +535,8 @@ def _message_fields(message: Message) -> dict[str, str]:
     return {
         "kind": wire.KIND_MESSAGE,
         "hash_key": message.hash_key,
-        "message": json.dumps(message.serialize(), ensure_ascii=False, separators=(",", ":")),
+        "message": wire.encode_message(message),
     }
 
 
-__all__ = ("RedisUnavailableError", "StreamStore", "create_redis_client")
+__all__ = ("RedisUnavailableError", "StreamStore", "create_redis_client", "is_cluster_url")

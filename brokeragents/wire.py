@@ -54,8 +54,51 @@ def encode_token(token: Token) -> Any:
     return Frozen.serialize(token)
 
 
+def encode_token_json(token: Token) -> str:
+    """One token as the JSON text it has inside a ``tokens`` array."""
+    return _compact_json(encode_token(token))
+
+
 def encode_tokens(tokens: list[Token]) -> str:
-    return json.dumps([encode_token(token) for token in tokens], ensure_ascii=False, separators=(",", ":"))
+    return _compact_json([encode_token(token) for token in tokens])
+
+
+def encode_message(message: Message) -> str:
+    """The ``message`` field: ``serialize()`` as compact JSON, in the message's field order.
+
+    ``serialize()`` moves sub-message references to the end; the hash key does not care (it
+    sorts), but ``keys()`` and ``str()`` of the rebuilt message would, so the order is restored.
+    """
+    return _compact_json(_in_field_order(message, message.serialize()))
+
+
+def encode_frozen(frozen: Frozen) -> str:
+    """A Frozen as compact JSON in field order, messages inline (``known_beforehand``)."""
+    return _compact_json(Frozen.serialize(frozen))
+
+
+def _compact_json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _in_field_order(frozen: Frozen, dumped: dict[str, Any]) -> dict[str, Any]:
+    ordered: dict[str, Any] = {}
+    for name, value in frozen:
+        for key in (name, f"{name}__hash_key", f"{name}__hash_keys"):
+            if key in dumped:
+                ordered[key] = _ordered_value(value, dumped[key])
+                break
+    for key, item in dumped.items():
+        ordered.setdefault(key, item)
+    return ordered
+
+
+def _ordered_value(value: Any, dumped: Any) -> Any:
+    if isinstance(value, Frozen) and isinstance(dumped, dict):
+        return _in_field_order(value, dumped)
+    if isinstance(value, tuple) and isinstance(dumped, list) and len(value) == len(dumped):
+        return [_ordered_value(item, item_dumped) for item, item_dumped in zip(value, dumped, strict=True)]
+    return dumped
 
 
 def decode_token(raw: Any) -> Token:
@@ -251,7 +294,10 @@ __all__ = (
     "build_frozen",
     "decode_token",
     "encode_error",
+    "encode_frozen",
+    "encode_message",
     "encode_token",
+    "encode_token_json",
     "encode_tokens",
     "field",
     "load_json",

@@ -13,23 +13,24 @@ leaves the rest pending for takeover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from brokeragents import wire
+from brokeragents import tracing, wire
 from brokeragents.agents import MiniAgent
 from brokeragents.calls import AgentCall
 from brokeragents.errors import CallFailedError, ReplyRestartedError, WireFormatError
 from brokeragents.frozen import Frozen
 from brokeragents.keys import WORKER_GROUP
+from brokeragents.metrics import WorkerMetrics, areply_stats
 from brokeragents.nodes import CallKwargs
 from brokeragents.promise import StreamedPromise
 from brokeragents.registry import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_WORKER_TIMEOUT_S, Registry, now_ms
@@ -41,6 +42,9 @@ logger = logging.getLogger("brokeragents.worker")
 
 _RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _MAX_ENTRY_FIELD_BYTES = 1024 * 1024
+# An own pending entry idle this long that no task serves is served again (its serving failed).
+_ORPHAN_IDLE_MS = 1_000
+_PRUNE_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,9 @@ class WorkerSettings:
     concurrency: int = 10
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
-    claim_interval_s: float = 2.0
+    claim_interval_s: float | None = None
+    """How often dead workers' calls are looked for; by default half of ``worker_timeout_s``
+    (at most 2 s), so a crashed worker's call restarts within about 1.5 x ``worker_timeout_s``."""
     block_ms: int = 5_000
     shutdown_grace_s: float = 25.0
     max_deliveries: int = 3
@@ -62,6 +68,21 @@ class WorkerSettings:
             raise ValueError("concurrency must be at least 1.")
         if self.worker_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("worker_timeout_s must be longer than heartbeat_interval_s.")
+        if self.claim_interval_s is not None and self.claim_interval_s <= 0:
+            raise ValueError("claim_interval_s must be positive.")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1.")
+
+    @property
+    def claim_every_s(self) -> float:
+        if self.claim_interval_s is not None:
+            return self.claim_interval_s
+        return min(2.0, self.worker_timeout_s / 2)
+
+    @property
+    def stale_after_s(self) -> float:
+        """Age after which a dead worker is dropped from the registry and its idle consumer deleted."""
+        return max(60.0, self.worker_timeout_s * 6)
 
 
 def default_worker_name() -> str:
@@ -87,6 +108,7 @@ class Worker:
         redis: Redis | None = None,
         name: str | None = None,
         settings: WorkerSettings | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if not agents:
             raise ValueError("A worker needs at least one agent to serve.")
@@ -102,7 +124,9 @@ class Worker:
         self.ready = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._own_pending_read: set[str] = set()  # aliases whose own pending entries were re-read
         self.calls_served = 0
+        self.metrics = metrics or WorkerMetrics()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -130,21 +154,22 @@ class Worker:
             for alias in self.agents:
                 await self._aensure_group(alias)
             await self._aheartbeat_once()
-            loops = [asyncio.create_task(self._aheartbeat_forever(), name="heartbeat")]
-            loops.append(asyncio.create_task(self._aclaim_forever(), name="claimer"))
-            readers = [
+            heartbeat = [asyncio.create_task(self._aheartbeat_forever(), name="heartbeat")]
+            # The claimer takes calls too: it stops with the readers, before the grace period.
+            readers = [asyncio.create_task(self._aclaim_forever(), name="claimer")]
+            readers.extend(
                 asyncio.create_task(self._aconsume_forever(alias), name=f"read {alias}") for alias in self.agents
-            ]
+            )
             logger.info("Worker %s ready: serving %s", self.name, ", ".join(self.agents))
             self.ready.set()
             try:
                 await self._stopping.wait()
             finally:
-                await self._ashutdown(readers, loops)
+                await self._ashutdown(readers, heartbeat)
 
     async def _ashutdown(self, readers: list[asyncio.Task[None]], loops: list[asyncio.Task[None]]) -> None:
         logger.info("Worker %s stopping: %d call(s) in flight", self.name, len(self._in_flight))
-        await _acancel(readers)  # stop taking new calls first
+        await _acancel(readers)  # stop taking new calls first; heartbeats go on meanwhile
         if self._in_flight:
             _done, pending = await asyncio.wait(
                 set(self._in_flight.values()), timeout=self.settings.shutdown_grace_s
@@ -186,24 +211,62 @@ class Worker:
             self._slots.release()
 
     async def _aconsume_forever(self, alias: str) -> None:
-        await self._aread_and_serve(alias, "0")  # our own pending calls, from a previous life
+        """Read and serve calls until cancelled; no Redis error ends it (it backs off instead)."""
+        own_pending_read = False
         failures = 0
         while True:
             try:
-                await self._aread_and_serve(alias, ">")
+                if not own_pending_read:
+                    await self._aread_own_pending(alias)  # our calls from a previous life
+                    own_pending_read = True
+                    self._own_pending_read.add(alias)
+                await self._aread_and_serve(alias)
                 failures = 0
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                failures += 1
-                delay_s = _RETRY_DELAYS_S[min(failures, len(_RETRY_DELAYS_S)) - 1]
-                logger.warning("Reading %s failed (%s); retrying in %.1f s", alias, exc, delay_s)
-                await asyncio.sleep(delay_s)
+                continue
+            except asyncio.CancelledError:
+                raise
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                logger.warning("The consumer group of %s is gone (Redis restarted?); recreating it", alias)
-                await self._aensure_group(alias)
+                error: BaseException = exc
+                if "NOGROUP" in str(exc):
+                    logger.warning(
+                        "The consumer group of %s is gone (Redis restarted or flushed?); recreating it", alias
+                    )
+                    try:
+                        await self._aensure_group(alias)
+                        continue
+                    except (RedisError, OSError) as group_exc:
+                        error = group_exc  # backs off below
+            except (RedisError, OSError) as exc:
+                error = exc
+            except Exception as exc:  # a bug must not silently stop this agent's reader
+                logger.exception("Reading %s failed", alias)
+                error = exc
+            failures += 1
+            delay_s = _RETRY_DELAYS_S[min(failures, len(_RETRY_DELAYS_S)) - 1]
+            logger.warning("Reading %s failed (%s); retrying in %.1f s", alias, error, delay_s)
+            await asyncio.sleep(delay_s)
 
-    async def _aread_and_serve(self, alias: str, start_id: str) -> None:
+    async def _aread_own_pending(self, alias: str) -> None:
+        """Serve again every call this consumer name read but never acknowledged (XREADGROUP 0...).
+
+        Read in pages of the free slots, each page after the last id of the previous one, so a
+        backlog bigger than ``concurrency`` is taken back whole.
+        """
+        start_id = "0"
+        while True:
+            entries = await self._aread(alias, start_id)
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                self._start_serving(alias, _text(entry_id), fields, retried=True)
+            start_id = _text(entries[-1][0])
+
+    async def _aread_and_serve(self, alias: str) -> None:
+        for entry_id, fields in await self._aread(alias, ">"):
+            self._start_serving(alias, _text(entry_id), fields, retried=False)
+
+    async def _aread(self, alias: str, start_id: str) -> list[tuple[Any, Any]]:
+        """Read at most as many entries as there are free slots; each entry keeps one slot."""
         slots = await self._areserve_slots()
         try:
             reply = await self._redis.xreadgroup(
@@ -211,17 +274,21 @@ class Worker:
                 self.name,
                 {self._inbox(alias): start_id},
                 count=slots,
-                block=None if start_id == "0" else self.settings.block_ms,
+                block=None if start_id != ">" else self.settings.block_ms,
             )
         except BaseException:
             self._release_slots(slots)
             raise
-        entries = reply[0][1] if reply else []
+        entries: list[tuple[Any, Any]] = list(reply[0][1]) if reply else []
         self._release_slots(slots - len(entries))
-        for entry_id, fields in entries:
-            self._start_serving(alias, _text(entry_id), fields, retried=start_id == "0")
+        return entries
 
     def _start_serving(self, alias: str, entry_id: str, fields: dict[Any, Any] | None, *, retried: bool) -> None:
+        """Serve one entry in its own task; the slot reserved for it is released when it ends."""
+        if entry_id in self._in_flight:
+            # Delivered again while we serve it (its group was recreated): one run is enough.
+            self._slots.release()
+            return
         task = asyncio.create_task(self._aserve_entry(alias, entry_id, fields, retried=retried))
         self._in_flight[entry_id] = task
         task.add_done_callback(lambda _t: self._finish_slot(entry_id))
@@ -233,18 +300,32 @@ class Worker:
     # --- takeover ----------------------------------------------------------------------------------
 
     async def _aclaim_forever(self) -> None:
+        last_prune = 0.0
         while True:
             for alias in self.agents:
                 try:
                     await self._aclaim_from_dead_workers(alias)
+                    await self._aretry_own_orphans(alias)
+                except asyncio.CancelledError:
+                    raise
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):
-                        await self._aensure_group(alias)
+                        with contextlib.suppress(RedisError, OSError):
+                            await self._aensure_group(alias)
                     else:
                         logger.warning("Claiming calls of %s failed: %s", alias, exc)
                 except (RedisError, OSError) as exc:
                     logger.warning("Claiming calls of %s failed: %s", alias, exc)
-            await asyncio.sleep(self.settings.claim_interval_s)
+                except Exception:
+                    logger.exception("Claiming calls of %s failed", alias)
+            if time.monotonic() - last_prune >= _PRUNE_INTERVAL_S:
+                last_prune = time.monotonic()
+                try:
+                    await self._aprune_dead_workers()
+                except (RedisError, OSError) as exc:
+                    logger.warning("Pruning dead workers failed: %s", exc)
+            logger.debug("DBG claim sleep %s", self.settings.claim_every_s)
+            await asyncio.sleep(self.settings.claim_every_s)
 
     async def _aclaim_from_dead_workers(self, alias: str) -> None:
         redis = self._redis
@@ -252,59 +333,119 @@ class Worker:
         summary = await redis.xpending(inbox, WORKER_GROUP)
         for consumer in summary.get("consumers") or []:
             owner = _text(consumer["name"])
+            logger.debug("DBG claim round: %s pending %s alive %s", owner, consumer, await self._registry.ais_alive(owner, [alias]))
             if owner == self.name or await self._registry.ais_alive(owner, [alias]):
                 continue
             pending = await redis.xpending_range(inbox, WORKER_GROUP, min="-", max="+", count=100, consumername=owner)
+            logger.debug("DBG pending range %s", pending)
             for item in pending:
-                slots = await self._areserve_slots()
-                self._release_slots(slots - 1)
-                claimed = await redis.xclaim(
-                    inbox, WORKER_GROUP, self.name, min_idle_time=1_000, message_ids=[item["message_id"]]
-                )
-                if not claimed or claimed[0][1] is None:
-                    self._release_slots(1)  # another worker claimed it first, or it was deleted
-                    continue
-                entry_id, fields = claimed[0]
-                logger.info("Taking over call entry %s of dead worker %s", _text(entry_id), owner)
-                self._start_serving(alias, _text(entry_id), fields, retried=True)
+                if await self._aclaim(alias, _text(item["message_id"])):
+                    logger.info("Took over call entry %s of dead worker %s", _text(item["message_id"]), owner)
+                    self.metrics.takeover(alias)
+
+    async def _aretry_own_orphans(self, alias: str) -> None:
+        """Serve again our own pending entries that no task serves (its serving failed)."""
+        if alias not in self._own_pending_read:
+            return  # the reader takes them back first (claiming them too would count twice)
+        pending = await self._redis.xpending_range(
+            self._inbox(alias), WORKER_GROUP, min="-", max="+", count=100, consumername=self.name,
+            idle=_ORPHAN_IDLE_MS,
+        )
+        for item in pending:
+            entry_id = _text(item["message_id"])
+            if entry_id not in self._in_flight and await self._aclaim(alias, entry_id):
+                logger.warning("Serving again call entry %s, left pending by a failed attempt", entry_id)
+
+    async def _aclaim(self, alias: str, entry_id: str) -> bool:
+        """XCLAIM one entry (counting a delivery) and serve it; False if someone else has it."""
+        slots = await self._areserve_slots()
+        logger.debug("DBG reserved %s", slots)
+        self._release_slots(slots - 1)
+        try:
+            claimed = await self._redis.xclaim(
+                self._inbox(alias), WORKER_GROUP, self.name, min_idle_time=_ORPHAN_IDLE_MS, message_ids=[entry_id]
+            )
+        except BaseException:
+            self._release_slots(1)
+            raise
+        if not claimed or not claimed[0][1]:
+            self._release_slots(1)  # another worker claimed it first, or it was deleted
+            return False
+        claimed_id, fields = claimed[0]
+        logger.debug("DBG claimed %s", claimed_id)
+        self._start_serving(alias, _text(claimed_id), fields, retried=True)
+        return True
+
+    async def _aprune_dead_workers(self) -> None:
+        """Forget workers dead for long: registry entries, and their consumers once they own nothing.
+
+        A consumer is deleted only with no pending entry (DELCONSUMER would drop them) and idle
+        for as long, so the group does not collect one consumer per crashed HOST-PID name.
+        """
+        stale_ms = self.settings.stale_after_s * 1000
+        await self._registry.aprune(list(self.agents), older_than_ms=stale_ms)
+        for alias in self.agents:
+            try:
+                consumers = await self._redis.xinfo_consumers(self._inbox(alias), WORKER_GROUP)
+            except ResponseError:
+                continue  # no group (yet): the reader recreates it
+            for consumer in consumers:
+                owner = _text(consumer["name"])
+                if (
+                    owner != self.name
+                    and int(consumer.get("pending", 1)) == 0
+                    and int(consumer.get("idle", 0)) > stale_ms
+                    and not await self._registry.ais_alive(owner, [alias])
+                ):
+                    await self._redis.xgroup_delconsumer(self._inbox(alias), WORKER_GROUP, owner)
+                    logger.info("Deleted the idle consumer %s of dead worker from %s", owner, alias)
 
     # --- serving one call --------------------------------------------------------------------------
 
     async def _aserve_entry(self, alias: str, entry_id: str, fields: dict[Any, Any] | None, *, retried: bool) -> None:
-        if fields is None:  # deleted from the stream while pending: nothing left to serve
-            await self._aack(alias, entry_id)
-            return
         try:
-            request = _parse_request(alias, fields)
-        except WireFormatError as exc:
-            logger.error("Rejected a malformed call entry %s in %s: %s", entry_id, alias, exc)
-            await self._store.arecord_dead_letter(
-                str(exc), stream=self._inbox(alias), entry_id=entry_id, fields=_describe(fields)
-            )
-            await self._aack(alias, entry_id)
-            return
-        try:
-            await self._aserve_call(alias, entry_id, request, retried=retried)
+            if not fields:  # deleted from the stream while pending: nothing left to serve
+                await self._aack(alias, entry_id)
+                return
+            try:
+                request = _parse_request(alias, fields)
+            except WireFormatError as exc:
+                logger.error("Rejected a malformed call entry %s in %s: %s", entry_id, alias, exc)
+                self.metrics.dead_letter(alias, "malformed")
+                await self._store.arecord_dead_letter(
+                    str(exc), stream=self._inbox(alias), entry_id=entry_id, fields=_describe(fields)
+                )
+                await self._aack(alias, entry_id)
+                return
+            with tracing.served_call_span(alias, request.call_id, fields):
+                await self._aserve_call(alias, entry_id, request, retried=retried)
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Not acknowledged: the call stays pending and another attempt serves it later.
-            logger.exception("Serving call %s failed", request.call_id)
+            # Not acknowledged: the entry stays pending and is served again (delivery budget).
+            logger.exception("Serving call entry %s of %s failed", entry_id, alias)
+            self.metrics.call_failed(alias)
 
     async def _aserve_call(self, alias: str, entry_id: str, request: _Request, *, retried: bool) -> None:
+        started = time.monotonic()
         store = self._store
         keys = store.keys
         redis = self._redis
         call_key = keys.call(request.call_id)
         reply_key = keys.call_reply(request.call_id)
+        if await redis.hget(call_key, "state") in (b"done", b"failed"):
+            # The reply is complete already; only the acknowledgement was lost.
+            logger.info("Call %s finished before; acknowledging it without running it again", request.call_id)
+            await self._aack(alias, entry_id)
+            return
+        deliveries = await self._adeliveries(alias, entry_id) if retried else 1
         attempt = int(await redis.hincrby(call_key, "attempt", 1))
         await redis.hset(call_key, mapping={"worker": self.name, "state": "running"})
         if attempt > 1:
             await self._aabandon_attempts_before(reply_key, attempt)
-        deliveries = await self._adeliveries(alias, entry_id) if retried else 1
         store.start_sequence_attempt(reply_key, attempt)
         if deliveries > self.settings.max_deliveries:
-            await self._agive_up(alias, entry_id, request, reply_key, deliveries)
+            await self._agive_up(alias, entry_id, request, reply_key, deliveries, attempt)
             return
         kwargs_message = await wire.abuild_message(request.kwargs, None, _loader(store))
         input_promise = await aopen_sequence_promise(keys.call_input(request.call_id))
@@ -318,12 +459,16 @@ class Worker:
             call_id=request.call_id,
             served_input=input_promise,
         )
-        await _adrain(call.reply_sequence())
-        await store.aflush()
+        # Complete means every message of the reply is whole, not only the sequence ended.
+        await _adrain_whole(call.reply_sequence())
         if await self._astill_owner(call_key, attempt):
-            await redis.hset(call_key, mapping={"state": "done", "finished_ms": str(now_ms())})
+            store.write_hash(call_key, {"state": "done", "finished_ms": str(now_ms())}, finished=True)
+            await store.aflush()
             await self._aack(alias, entry_id)
             self.calls_served += 1
+            self.metrics.call_served(alias, await areply_stats(call.reply_sequence()), time.monotonic() - started)
+        else:
+            await store.aflush()
 
     async def _adeliveries(self, alias: str, entry_id: str) -> int:
         pending = await self._redis.xpending_range(
@@ -348,15 +493,21 @@ class Worker:
                 await redis.xadd(key, wire.encode_error(restart))
 
     async def _agive_up(
-        self, alias: str, entry_id: str, request: _Request, reply_key: str, deliveries: int
+        self, alias: str, entry_id: str, request: _Request, reply_key: str, deliveries: int, attempt: int
     ) -> None:
         reason = f"call {request.call_id} to {alias} was delivered {deliveries} times without finishing"
         logger.error("Giving up: %s", reason)
-        await self._store.arecord_dead_letter(reason, stream=self._inbox(alias), entry_id=entry_id)
+        self.metrics.dead_letter(alias, "gave_up")
+        await self._store.arecord_dead_letter(
+            reason, stream=self._inbox(alias), entry_id=entry_id, call_id=request.call_id, agent=alias,
+            deliveries=str(deliveries), attempt=str(attempt),
+        )
         self._store.sequence_error(reply_key, CallFailedError(f"Gave up: {reason}."))
         self._store.sequence_end(reply_key)
+        self._store.write_hash(
+            self._store.keys.call(request.call_id), {"state": "failed", "finished_ms": str(now_ms())}, finished=True
+        )
         await self._store.aflush()
-        await self._redis.hset(self._store.keys.call(request.call_id), "state", "failed")
         await self._aack(alias, entry_id)
 
     async def _aack(self, alias: str, entry_id: str) -> None:
@@ -427,15 +578,18 @@ def _loader(store: StreamStore) -> Any:
     return load
 
 
-async def _adrain(sequence: StreamedPromise[Any, Any]) -> None:
+async def _adrain_whole(sequence: StreamedPromise[Any, Any]) -> None:
+    """Pull every piece of a reply and wait until each of its messages is whole."""
     iterator = StreamedPromise.__aiter__(sequence)
     while True:
         try:
-            await iterator.__anext__()
+            piece = await iterator.__anext__()
         except StopAsyncIteration:
             return
         except Exception:  # the agent's error is in the reply stream already
             continue
+        with contextlib.suppress(Exception):  # a message's error is in its stream already
+            await piece
 
 
 async def _acancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -66,9 +66,7 @@ def _classes(library: Any) -> dict[str, Any]:
 
 
 OURS = _classes(
-    SimpleNamespace(
-        Frozen=Frozen, **{name: getattr(our_messages_module, name) for name in our_messages_module.__all__}
-    )
+    SimpleNamespace(Frozen=Frozen, **{name: getattr(our_messages_module, name) for name in our_messages_module.__all__})
 )
 THEIRS = _classes(miniagents)
 
@@ -118,14 +116,10 @@ def _containers(children: st.SearchStrategy[Spec]) -> st.SearchStrategy[Spec]:
         st.tuples(st.just("list"), st.lists(children, max_size=4)),
         st.tuples(st.just("dict"), fields),
         st.tuples(st.just("model"), st.sampled_from(["Frozen", "Node", "Message", "Note", "Token"]), fields),
-        st.tuples(
-            st.just("text"), st.sampled_from(["TextMessage", "ErrorMessage", "TextToken"]), texts, fields
-        ),
+        st.tuples(st.just("text"), st.sampled_from(["TextMessage", "ErrorMessage", "TextToken"]), texts, fields),
         st.tuples(
             st.just("messages"),
-            st.lists(
-                st.tuples(st.just("text"), st.just("TextMessage"), texts, fields), min_size=1, max_size=3
-            ),
+            st.lists(st.tuples(st.just("text"), st.just("TextMessage"), texts, fields), min_size=1, max_size=3),
         ),
         st.tuples(st.just("declared"), texts, st.integers(), st.none() | children, st.none() | children),
     )
@@ -188,9 +182,7 @@ def observe(make: Callable[[], Any]) -> dict[str, Any]:
         "str": lambda: str(model),
         "keys": lambda: model.keys(),
         "as_kwargs": lambda: list(model.as_kwargs()),
-        "sub_messages": lambda: (
-            [m.hash_key for m in model.sub_messages()] if hasattr(model, "sub_messages") else None
-        ),
+        "sub_messages": lambda: [m.hash_key for m in model.sub_messages()] if hasattr(model, "sub_messages") else None,
     }
     for name, probe in probes.items():
         try:

@@ -113,9 +113,7 @@ EXPECTED_ALL_TYPES_DUMP: dict[str, Any] = {
 
 def test_text_message_known_vectors() -> None:
     assert TextMessage("z").hash_key == "ec4fe08211879b3d10221d9708d48e56248f5d8a"
-    assert (
-        TextMessage("hi").serialized == '{"class_": "TextMessage", "content": "hi", "content_template": null}'
-    )
+    assert TextMessage("hi").serialized == '{"class_": "TextMessage", "content": "hi", "content_template": null}'
     assert TextMessage("hi").hash_key == "10ef4055699791e5e292fa4246b7c41cdb4b573b"
     assert TextMessage(content="hi").hash_key == TextMessage("hi").hash_key
 
@@ -301,8 +299,7 @@ def test_text_rendering() -> None:
     assert str(ErrorMessage("ValueError: boom")) == "ValueError: boom"
     message = Message(a=1, b=[TextMessage("x")])
     assert str(message) == (
-        '```json\n{"class_":"Message","a":1,"b":[{"class_":"TextMessage","content":"x",'
-        '"content_template":null}]}\n```'
+        '```json\n{"class_":"Message","a":1,"b":[{"class_":"TextMessage","content":"x","content_template":null}]}\n```'
     )
 
 

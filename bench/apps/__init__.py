@@ -1,0 +1,1 @@
+"""Agent modules served by worker processes during the benchmarks."""

@@ -1,0 +1,1 @@
+"""The benchmark cases (a)-(g); each compares our figures with a baseline run back to back."""
