@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from pydantic import Field, PrivateAttr
 
@@ -137,6 +137,36 @@ def _is_agent_callable(func_or_class: Any) -> bool:
     if inspect.isclass(func_or_class):
         return inspect.iscoroutinefunction(getattr(func_or_class, "__call__", None))  # noqa: B004 - an async __call__
     return inspect.iscoroutinefunction(func_or_class)
+
+
+@overload
+def miniagent(
+    func_or_class: Callable[..., Any],
+    *,
+    alias: str | None = None,
+    description: str | None = None,
+    normalize_func_or_class_name: bool = True,
+    normalize_spaces_in_docstring: bool = True,
+    await_reply_persistence: bool | Sentinel = NO_VALUE,
+    interaction_metadata: dict[str, Any] | None = None,
+    non_freezable_kwargs: dict[str, Any] | None = None,
+    **kwargs_to_freeze: Any,
+) -> MiniAgent: ...
+
+
+@overload
+def miniagent(
+    func_or_class: None = None,
+    *,
+    alias: str | None = None,
+    description: str | None = None,
+    normalize_func_or_class_name: bool = True,
+    normalize_spaces_in_docstring: bool = True,
+    await_reply_persistence: bool | Sentinel = NO_VALUE,
+    interaction_metadata: dict[str, Any] | None = None,
+    non_freezable_kwargs: dict[str, Any] | None = None,
+    **kwargs_to_freeze: Any,
+) -> Callable[[Callable[..., Any]], MiniAgent]: ...
 
 
 def miniagent(

@@ -119,7 +119,8 @@ async def dialog_loop(
     assistant = None
     if assistant_agent is not None:
         placement = "prompt_suffix" if prompt_at_the_end else "prompt_prefix"
-        assistant = prompt_agent.fork(target_agent=assistant_agent, **{placement: prompt})
+        prompt_kwargs: dict[str, Any] = {placement: prompt}
+        assistant = prompt_agent.fork(target_agent=assistant_agent, **prompt_kwargs)
     ctx.reply(agent_loop.trigger(agents=[user_agent, AWAIT, assistant], raise_keyboard_interrupt=False))
 
 

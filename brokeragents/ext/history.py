@@ -54,12 +54,15 @@ in_memory_history_agent: MiniAgent = miniagent(
 class _MarkdownHistory(BaseModel):
     """Append the input to a markdown chat log and reply with the input or with the whole log.
 
-    The options are keyword arguments of the agent. `history_md_file`: the file, created with
-    its folders if missing. `default_role`: for messages without a `role`. `append=False`:
-    start the file afresh. `skip_empty`: leave out the messages with no text when reading the
-    file back (they are still written). `ignore_no_history=True`: also write the messages whose `no_history` is known
-    beforehand. `history_message_factory` (non-freezable): builds each reloaded message from
-    `content`, `role` and `model`.
+    The options are keyword arguments of the agent:
+    - `history_md_file`: the file, created with its folders if missing;
+    - `default_role`: the heading of messages without a `role`;
+    - `append=False`: start the file afresh;
+    - `skip_empty`: leave out the messages with no text when reading the file back (they are
+      still written);
+    - `ignore_no_history=True`: also write messages whose `no_history` is known beforehand;
+    - `history_message_factory` (non-freezable): builds each reloaded message from `content`,
+      `role` and `model`.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
