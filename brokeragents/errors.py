@@ -35,7 +35,7 @@ class NoActiveContextError(PromisingContextError):
     """Raised when something needs an active context and none is active."""
 
 
-class WrongActiveContextError(PromisingContextError):
+class WrongActiveContextError(PromisingContextError, TypeError):
     """Raised when the active context is not of the class that was asked for."""
 
 

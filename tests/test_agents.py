@@ -82,7 +82,6 @@ def test_only_async_functions_and_classes_can_be_agents() -> None:
 
 
 async def test_class_based_agents_get_ctx_and_kwargs_as_keywords() -> None:
-    @miniagent(greeting="hello")
     class Greeter(BaseModel):
         model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -93,9 +92,10 @@ async def test_class_based_agents_get_ctx_and_kwargs_as_keywords() -> None:
         async def __call__(self) -> None:
             self.ctx.reply(f"{self.greeting}, {self.name}")
 
-    assert Greeter.alias == "GREETER"
+    greeter = miniagent(greeting="hello")(Greeter)
+    assert greeter.alias == "GREETER"
     async with MiniAgents():
-        assert texts(await Greeter.trigger(name="Bob")) == ["hello, Bob"]
+        assert texts(await greeter.trigger(name="Bob")) == ["hello, Bob"]
 
 
 # --- scheduling (A5-A7) ----------------------------------------------------------------------------
@@ -422,21 +422,6 @@ async def test_bad_input_raises_type_error_synchronously(bad: Any) -> None:
         assert texts(await replier.trigger()) == ["still replying"]
     assert len(errors) == 1
     assert errors[0].startswith("Unexpected message type")
-
-
-async def test_a_failed_trigger_leaves_no_open_call_behind() -> None:
-    started: list[str] = []
-
-    @miniagent
-    async def listener(ctx: InteractionContext) -> None:
-        started.append("started")
-        await ctx.message_promises
-
-    async with asyncio.timeout(10):  # guards against the MiniAgents hang (A8)
-        async with MiniAgents(start_everything_soon_by_default=True):
-            with pytest.raises(TypeError):
-                listener.trigger([object()])
-    assert started in ([], ["started"])
 
 
 @pytest.mark.parametrize("text_message", [True, False], ids=["text", "plain"])

@@ -78,7 +78,7 @@ async def test_known_beforehand_wins_over_auxiliary_fields(start_soon: bool | Se
             appender.auxiliary_field_collector["finish_reason"] = "stop"
         message = await promise
         # A dict token is a base Token, whose str() is its JSON: MiniAgents does the same.
-        assert message.content == 'Hello{"class_":"Token","content":"!"}'
+        assert message["content"] == 'Hello{"class_":"Token","content":"!"}'
         assert message["model"] == "known"
         assert message["role"] == "assistant"
         assert message["finish_reason"] == "stop"
@@ -99,7 +99,8 @@ async def test_token_appender_normalizes_what_is_appended() -> None:
             Token(content="from a model", logprob=0.5),
             TextToken("token"),
         ]
-        assert [type(token) for token in tokens] == [TextToken, Token, Token, TextToken]
+        expected_types: list[type[Token]] = [TextToken, Token, Token, TextToken]
+        assert [type(token) for token in tokens] == expected_types
 
 
 async def test_token_appender_must_be_opened_before_the_promise_takes_it() -> None:
@@ -188,7 +189,7 @@ async def test_as_single_text_promise_joins_messages_with_a_delimiter() -> None:
         message = await promise
     assert "".join(str(token) for token in tokens) == "one\n\n\n\ntwo\n\nthree"
     assert isinstance(message, TextMessage)
-    assert message.content == "one\n\n\n\ntwo\n\nthree"
+    assert message["content"] == "one\n\n\n\ntwo\n\nthree"
     assert message["k"] == 1
     assert message["original_messages"] == (TextMessage("one"), two, TextMessage("three"))
     assert message["original_messages"][1] is two
@@ -204,7 +205,7 @@ async def test_as_single_text_promise_options() -> None:
             reference_original_messages=False,
             topic="known",
         )
-    assert stripped.content == "one | two | three"
+    assert stripped["content"] == "one | two | three"
     assert stripped["topic"] == "known"
     assert "original_messages" not in stripped
 
@@ -212,7 +213,7 @@ async def test_as_single_text_promise_options() -> None:
 async def test_as_single_text_promise_later_metadata_wins() -> None:
     async with MiniAgents():
         message = await as_single_text_promise([TextMessage("a", k=1, x="x"), TextMessage("b", k=2)])
-    assert message.content == "a\n\nb"
+    assert message["content"] == "a\n\nb"
     assert message["k"] == 2
     assert message["x"] == "x"
 
@@ -230,7 +231,7 @@ async def test_as_single_text_promise_is_lazy_by_default() -> None:
             promise = as_single_text_promise(messages())
             await mini_agents.aflush_tasks()
             assert pulled == []
-            assert (await promise).content == "only"
+            assert str(await promise) == "only"
         assert pulled == ["pulled"]
 
 

@@ -180,6 +180,43 @@ async def test_a_message_whose_handler_failed_is_not_retried() -> None:
     assert calls == [[message], [TextMessage("other")]]
 
 
+async def test_persisting_a_message_in_flight_waits_for_it() -> None:
+    gate = asyncio.Event()
+    recorder = Recorder()
+
+    async def gated(messages: Iterable[Message]) -> None:
+        await gate.wait()
+        await recorder(messages)
+
+    message = TextMessage("slow to persist")
+    async with MiniAgents(on_persist_messages=gated) as mini_agents:
+        first = asyncio.create_task(mini_agents.apersist_messages(message))
+        second = asyncio.create_task(mini_agents.apersist_messages(message))
+        await asyncio.sleep(0)  # let both calls start: the first one is now blocked in the handler
+        await asyncio.sleep(0)
+        assert not second.done()
+        gate.set()
+        assert await second == []  # handed over by the first call, not again...
+        assert recorder.messages == [message]  # ...but only returned once it was persisted
+        assert await first == [message]
+
+
+async def test_a_handler_persisting_its_own_batch_does_not_deadlock() -> None:
+    recorder = Recorder()
+    message = TextMessage("re-entrant")
+
+    async with asyncio.timeout(10), MiniAgents() as mini_agents:
+
+        @mini_agents.on_persist_messages
+        async def reentrant(messages: Iterable[Message]) -> None:
+            batch = list(messages)
+            assert await mini_agents.apersist_messages(batch) == []
+            await recorder(batch)
+
+        assert await mini_agents.apersist_messages(message) == [message]
+    assert recorder.messages == [message]
+
+
 def test_persistence_handlers_must_be_async() -> None:
     def sync_handler(messages: Iterable[Message]) -> None:
         pass
@@ -308,7 +345,9 @@ async def test_agent_call_node_shape() -> None:
     async with recording_context(recorder):
         await parent.trigger([hi, there], extra="E")
     (call_node,) = [node for node in recorder.of_class(AgentCallNode) if node.agent.alias == "PARENT"]
-    assert isinstance(call_node, AgentInteractionNode)
+    assert isinstance(call_node, AgentCallNode)
+    assert issubclass(AgentCallNode, AgentInteractionNode)
+    assert issubclass(AgentReplyNode, AgentInteractionNode)
     assert call_node.agent is parent
     assert call_node.messages == (hi, there)
     assert call_node.serialize() == {
@@ -372,3 +411,34 @@ async def test_a_shared_message_is_persisted_once_and_referenced_by_both_calls()
     call_nodes = recorder.of_class(AgentCallNode)
     assert sorted(node.agent.alias for node in call_nodes) == ["ECHO", "ECHO2"]
     assert all(node.serialize()["messages__hash_keys"] == [shared.hash_key] for node in call_nodes)
+
+
+@miniagent(alias="PARENT", interaction_metadata={"team": "a"}, static="s")
+async def hashed_parent(ctx: InteractionContext, **_kwargs: Any) -> None:
+    ctx.reply("direct")
+    ctx.reply(hashed_child.trigger(ctx.message_promises, mode="x"))
+
+
+@miniagent(alias="CHILD")
+async def hashed_child(ctx: InteractionContext, **_kwargs: Any) -> None:
+    async for promise in ctx.message_promises:
+        message = await promise
+        ctx.reply(Message(content=f"child {message}", ref=message))
+
+
+async def test_persisted_hash_keys_match_miniagents() -> None:
+    # Computed by running this same scenario on MiniAgents 0.0.35 (the oracle).
+    recorder = Recorder()
+    async with recording_context(recorder):
+        await hashed_parent.trigger(["hi", TextMessage("there", k=1)], extra="E")
+    assert sorted((type(message).__name__, message.hash_key) for message in recorder.messages) == [
+        ("AgentCallNode", "4862bff2e8112ea70ecdb578d46a419a5d539b09"),
+        ("AgentCallNode", "fcf7e4f6fe160d8f8877c394ee38ed8d79153f40"),
+        ("AgentReplyNode", "9256512af4f1056a59a1ff1e495bc5b633b94933"),
+        ("AgentReplyNode", "e586dea42d43e888bf926b65fa1b554564306c4f"),
+        ("Message", "2a2232452893b882e943dab8fc3165b10d226a45"),
+        ("Message", "398dc558610b6f0897821866273765a214918089"),
+        ("TextMessage", "07c64fcd804700ff8faf3cc73da0cfe823e89040"),
+        ("TextMessage", "10ef4055699791e5e292fa4246b7c41cdb4b573b"),
+        ("TextMessage", "34b20ffd72b0045883741ee6cfa762c6d17b2e00"),
+    ]

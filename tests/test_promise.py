@@ -7,7 +7,7 @@ MiniAgents' own suite.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -152,7 +152,7 @@ async def test_context_exit_waits_for_background_tasks() -> None:
 async def test_start_soon_suppresses_and_logs_errors_once(caplog: pytest.LogCaptureFixture) -> None:
     error = ValueError("boom")
 
-    async def fail() -> None:
+    async def fail() -> str:
         raise error
 
     async with PromisingContext() as context:
@@ -258,7 +258,7 @@ class FlakyIterator:
     """An async iterator that raises once in the middle and then goes on."""
 
     def __init__(self) -> None:
-        self._steps = iter([1, ValueError("flaky"), 3])
+        self._steps: Iterator[int | Exception] = iter([1, ValueError("flaky"), 3])
 
     def __aiter__(self) -> FlakyIterator:
         return self
@@ -466,7 +466,7 @@ async def test_async_with_on_an_appender_raises() -> None:
     async with PromisingContext():
         appender: StreamAppender[int] = StreamAppender()
         with pytest.raises(RuntimeError):
-            async with appender:  # type: ignore[attr-defined]
+            async with appender:
                 pass
 
 

@@ -42,9 +42,15 @@ async def test_flat_sequence(start_soon: bool | Sentinel) -> None:
         assert await collect(aiter(sequence.sequence_promise)) == [1, 2, 2, 3, 3, 3]
 
 
+async def no_items(_promise: object) -> AsyncIterator[int]:
+    items: tuple[int, ...] = ()
+    for item in items:
+        yield item
+
+
 def test_flat_sequence_needs_a_context() -> None:
     with pytest.raises(NoActiveContextError):
-        FlatSequence(lambda _promise: aiter([]), flattener=repeat_number)
+        FlatSequence(no_items, flattener=repeat_number)
 
 
 async def test_flat_sequence_needs_a_flattener() -> None:
