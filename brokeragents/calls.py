@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from brokeragents.frozen import Frozen
 from brokeragents.keys import new_id
-from brokeragents.message_sequence import MessageSequence, MessageSequenceAppender, MessageSequencePromise
+from brokeragents.message_sequence import (
+    AGENT_TRACE_ATTRIBUTE,
+    MessageSequence,
+    MessageSequenceAppender,
+    MessageSequencePromise,
+)
 from brokeragents.messages import Message
 from brokeragents.nodes import AgentCallNode, AgentReplyNode
 from brokeragents.promise import Promise
@@ -249,12 +254,20 @@ class AgentCall:
             return
         if not self.errors_as_messages and not isinstance(error, KeyboardInterrupt):
             self.mini_agents.log_background_error_once(error)
+        with contextlib.suppress(AttributeError):  # shown with error_tracebacks_in_messages
+            error.__dict__.setdefault(AGENT_TRACE_ATTRIBUTE, " <- ".join(a.alias for a in self._trace()))
         if not appender.is_open:
             return  # closed early by afinish_early: the error can only be logged
         # Out-of-order replies made before the error come before it (MiniAgents lost them, I6).
         appender.unordered_appender.close()
         await self._reply.await_unordered_drained()
         appender.normal_appender.close(error)
+
+    def _trace(self) -> list[MiniAgent]:
+        trace = [self.agent]
+        if self._parent is not None:
+            trace.extend(self._parent.get_agent_trace())
+        return trace
 
     async def _abuild_reply_node(self, _promise: Any) -> AgentReplyNode:
         replies = await self._reply.sequence_promise

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 SingleMessageType: TypeAlias = str | dict[str, Any] | BaseModel | Message | MessagePromise | BaseException
 MessageType: TypeAlias = SingleMessageType | Iterable[Any] | AsyncIterator[Any]
 
+# Set on an exception raised by an agent: "A <- B <- C", its agent trace (I3).
+AGENT_TRACE_ATTRIBUTE = "_brokeragents_agent_trace"
+
 ASYNC_ITERATOR_WARNING = (
     "An async iterator is being passed to a message sequence and will not be consumed immediately."
 )
@@ -203,7 +206,9 @@ class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[Message, ...]
 def error_to_text(exc: BaseException, *, with_traceback: bool = False) -> str:
     """``"<ExcType>: <message>"``, or the whole traceback when ``with_traceback``."""
     if with_traceback:
-        return "".join(traceback.format_exception(exc)).rstrip("\n")
+        text = "".join(traceback.format_exception(exc)).rstrip("\n")
+        trace = getattr(exc, AGENT_TRACE_ATTRIBUTE, None)
+        return f"{text}\nAgent trace: {trace}" if trace else text
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -30,6 +30,7 @@ _running_batches: contextvars.ContextVar[frozenset[asyncio.Future[None]]] = cont
     "brokeragents_running_persistence_batches", default=frozenset()
 )
 RemoteCalls = Literal["auto", "always", "never"]
+PERSISTED_HASH_KEYS_MAX = 100_000
 
 
 def direct_sub_messages(node: Any) -> Iterator[Message]:
@@ -92,7 +93,9 @@ class MiniAgents(PromisingContext):
             on_persist_messages = [on_persist_messages]
         for handler in on_persist_messages:
             self.on_persist_messages(handler)
-        self._persisted_hash_keys: set[str] = set()
+        # Insertion-ordered and capped, so a long-running worker does not grow without bound;
+        # a message persisted longer ago than the last PERSISTED_HASH_KEYS_MAX may be persisted again.
+        self._persisted_hash_keys: dict[str, None] = {}
         # hash_key -> done-future of the batch whose handlers are persisting that message now.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self.top_level_calls: list[AgentCall] = []
@@ -177,7 +180,9 @@ class MiniAgents(PromisingContext):
                 self._collect_unpersisted(sub_message, True, batch, others)
         if message.hash_key in self._persisted_hash_keys:
             return
-        self._persisted_hash_keys.add(message.hash_key)
+        self._persisted_hash_keys[message.hash_key] = None
+        if len(self._persisted_hash_keys) > PERSISTED_HASH_KEYS_MAX:
+            del self._persisted_hash_keys[next(iter(self._persisted_hash_keys))]
         batch.append(message)
 
     def run_agent(self, agent: MiniAgent, messages: Any = None, **kwargs: Any) -> tuple[Message, ...]:

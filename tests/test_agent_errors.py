@@ -175,7 +175,7 @@ async def test_error_tracebacks_in_messages() -> None:
     assert isinstance(error, ErrorMessage)
     assert str(error).startswith("Traceback (most recent call last):")
     assert 'raise ValueError("agent failed")' in str(error)
-    assert str(error).rstrip("\n").endswith("ValueError: agent failed")
+    assert "ValueError: agent failed\nAgent trace: FAILING" in str(error)  # I3: traceback plus agent trace
 
 
 async def test_a_token_error_in_a_reply_becomes_an_error_message() -> None:
