@@ -227,13 +227,12 @@ class RemoteMessagePromise(MessagePromise):
         tail: StreamTail,
         known_beforehand: Frozen,
         message_class: type[Message],
-        first: wire.Fields | None,
+        whole: Message | None,
     ) -> None:
         self._tail = tail
         self._remote_store = store
-        self._first = first
         # Opened at a message entry: stored whole, it streams as its own tokens (G5).
-        self._stored_whole = first is not None
+        self._whole = whole
         self._final: Message | None = None
         super().__init__(message_token_streamer=self._aread_tokens, message_class=message_class, start_soon=False)
         self.known_beforehand = known_beforehand
@@ -247,13 +246,15 @@ class RemoteMessagePromise(MessagePromise):
         return self._source_key
 
     async def _aread_tokens(self, _aux: dict[str, Any]) -> AsyncIterator[Any]:
+        if self._whole is not None:
+            self._final = self._whole
+            for token in self._whole.message_to_tokens():
+                yield token
+            return
         store = self._remote_store
         expected = 0
-        fields = self._first
-        self._first = None
         while True:
-            if fields is None:
-                fields = await self._tail.anext_entry()
+            fields = await self._tail.anext_entry()
             error: BaseException | None = None
             try:
                 kind = _kind(fields)
@@ -266,7 +267,7 @@ class RemoteMessagePromise(MessagePromise):
                     decoded = [wire.decode_token(raw) for raw in tokens[expected - first_index :]]
                 elif kind == wire.KIND_MESSAGE:
                     self._final = await _amessage_from(store, fields)
-                    decoded = list(self._final.message_to_tokens()) if self._stored_whole else []
+                    decoded = []
                 elif kind == wire.KIND_ERROR:
                     # Raised below, outside this try: a remote WireFormatError is not a bad entry.
                     error = _error_from(fields, store.max_message_bytes)
@@ -284,7 +285,6 @@ class RemoteMessagePromise(MessagePromise):
             if self._final is not None:
                 return
             expected += len(decoded)
-            fields = None
 
     def _token_batch(self, fields: wire.Fields) -> list[Any]:
         raw = wire.require_field(fields, "tokens", max_bytes=self._remote_store.max_message_bytes)
@@ -335,8 +335,8 @@ async def _aopen_message(
             return RemoteMessagePromise(store, tail, known, message_class, None)
         if kind == wire.KIND_MESSAGE:
             message = await _amessage_from(store, first)
-            return RemoteMessagePromise(store, tail, message, type(message), first)
-        raise WireFormatError(f"A message stream cannot start with a {kind!r} entry.")
+            return RemoteMessagePromise(store, tail, message, type(message), message)
+        raise WireFormatError(f"A message stream cannot start with an entry of kind {kind!r}.")
     except WireFormatError as exc:
         raise await _areject(store, tail, exc) from exc
 

@@ -46,7 +46,14 @@ def text(value: bytes | str) -> str:
 
 async def read_entries(client: Redis, key: str) -> list[dict[str, str]]:
     """The entries of a stream as ``{field: text}`` dicts, in order."""
-    return [{text(k): text(v) for k, v in fields.items()} for _id, fields in await client.xrange(key)]
+    entries: Any = await client.xrange(key)
+    return [{text(k): text(v) for k, v in fields.items()} for _id, fields in entries]
+
+
+def key_of(promise: MessagePromise) -> str:
+    key = promise.redis_key
+    assert key is not None
+    return key
 
 
 def store_of(context: MiniAgents) -> StreamStore:
@@ -99,7 +106,7 @@ class GatedRedis:
             self.pipelines.append(commands)
             return result
 
-        pipe.execute = gated_execute
+        pipe.execute = gated_execute  # type: ignore[method-assign]
         return pipe
 
     def xadds(self) -> list[str]:
@@ -120,8 +127,8 @@ async def test_streamed_message_writes_start_tokens_then_final_message(redis_bac
         appender = MessageTokenAppender()
         with appender:
             promise = TextMessage.promise(message_token_streamer=appender, role="assistant")
-            key = promise.redis_key
-            assert key is not None and RANDOM_MESSAGE_KEY.match(key), key  # an id from creation on
+            key = key_of(promise)
+            assert RANDOM_MESSAGE_KEY.match(key), key  # an id from creation on
             appender.append("Hel")
             appender.append(TextToken("lo"))
         message = await promise
@@ -384,8 +391,7 @@ async def test_the_producer_never_waits_on_redis(redis_backend: Backend) -> None
         received: list[str] = []
         with appender:
             promise = TextMessage.promise(message_token_streamer=appender)
-            key = promise.redis_key
-            assert key is not None
+            key = key_of(promise)
 
             async def consume() -> None:
                 async for token in promise:

@@ -7,9 +7,9 @@ would be), each in its own task. They coordinate with events, never with sleeps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
@@ -78,8 +78,8 @@ def tokens_of(*tokens: Any) -> Any:
     return streamer
 
 
-async def collect(iterator: AsyncIterator[Any]) -> list[Any]:
-    return [piece async for piece in iterator]
+async def collect(iterable: AsyncIterable[Any]) -> list[Any]:
+    return [piece async for piece in iterable]
 
 
 async def outcomes(sequence: Any) -> list[Any]:
@@ -508,4 +508,24 @@ async def test_message_tokens_round_trip_inline(redis_backend: Backend) -> None:
 async def _as_key(message: Message) -> str:
     key = message.as_promise.redis_key
     assert key is not None
-    return cast(str, key)
+    return key
+
+
+async def test_blocking_reads_stay_within_the_client_socket_timeout(
+    redis_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # redis-py times out any read longer than socket_timeout, XREAD BLOCK included.
+    client = redis_backend.client(socket_timeout=1.0)
+
+    key = KEYS.message("stalled-writer")  # a start entry, then nothing: a stalled writer
+    await client.xadd(key, {"kind": "start", "class": "TextMessage", "known_beforehand": '{"class_":"Frozen"}'})
+
+    async def read() -> None:
+        async with context_on(client):
+            promise = await aopen_message_promise(key, idle_timeout_s=2.0, block_ms=5_000)
+            with pytest.raises(TimeoutError, match="No new entry"):
+                await collect(promise)
+
+    with caplog.at_level("WARNING", logger="brokeragents.replay"):
+        await asyncio.create_task(read())
+    assert "retrying" not in caplog.text  # no read ever timed out on the socket

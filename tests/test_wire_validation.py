@@ -61,7 +61,9 @@ class Case:
 
 MESSAGE_CASES: dict[str, Case] = {
     "missing kind": Case([{"class": "TextMessage"}], r"no 'kind' field"),
-    "wrong first kind": Case([{"kind": "tokens", "i": "0", "tokens": "[]"}], r"cannot start with a 'tokens'"),
+    "wrong first kind": Case(
+        [{"kind": "tokens", "i": "0", "tokens": "[]"}], r"cannot start with an entry of kind 'tokens'"
+    ),
     "unknown kind": Case([START, {"kind": "bogus"}], r"Unexpected entry kind 'bogus' in a message stream"),
     "start without class": Case([{"kind": "start", "known_beforehand": "{}"}], r"no 'class' field"),
     "start without known": Case([{"kind": "start", "class": "TextMessage"}], r"no 'known_beforehand' field"),
@@ -180,10 +182,16 @@ async def inject(client: Redis, key: str, entries: list[dict[str, str | bytes]])
         await client.xadd(key, entry)  # type: ignore[arg-type]
 
 
+async def raw_entries(client: Redis, key: str) -> list[dict[bytes, bytes]]:
+    """The fields of every entry of a stream, as the bytes redis-py returns."""
+    entries: Any = await client.xrange(key)
+    return [fields for _id, fields in entries]
+
+
 async def dead_letters(client: Redis) -> list[dict[str, str]]:
     return [
         {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-        for _id, fields in await client.xrange(KEYS.dead_letters())
+        for fields in await raw_entries(client, KEYS.dead_letters())
     ]
 
 
@@ -290,7 +298,7 @@ async def test_reference_to_a_missing_message_is_an_error_at_its_position_only(r
 
     assert len(items) == 3
     assert isinstance(items[0], WireFormatError) and "does not exist" in str(items[0])
-    assert isinstance(items[1], WireFormatError) and "cannot start with a 'bogus'" in str(items[1])
+    assert isinstance(items[1], WireFormatError) and "cannot start with an entry of kind 'bogus'" in str(items[1])
     assert items[2] == "good"  # the sequence itself is sound: it goes on
     letters = await dead_letters(client)
     assert_recorded(letters, missing, "does not exist")
@@ -380,7 +388,7 @@ async def test_a_token_over_max_message_bytes_becomes_an_error_entry(redis_backe
             await promise
         await context.store.aflush()
         assert promise.redis_key is not None
-        entries = [fields for _id, fields in await client.xrange(promise.redis_key)]
+        entries = await raw_entries(client, promise.redis_key)
         assert [fields[b"kind"] for fields in entries] == [b"start", b"tokens", b"error"]
         assert entries[-1][b"error_type"] == b"MessageTooLargeError"
         tokens, error = await read_message(promise.redis_key)
@@ -396,9 +404,9 @@ async def test_values_that_cannot_be_frozen_name_the_field() -> None:
     with pytest.raises(ValidationError, match="`callback`"):
         Message(callback=object())
     with pytest.raises(ValidationError, match="count"):
-        Typed(count="many")
+        Typed(count="many")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="unexpected"):
-        Typed(count=1, unexpected=2)
+        Typed(count=1, unexpected=2)  # type: ignore[call-arg]
     async with MiniAgents():
         with pytest.raises(ValidationError, match="`handle`"):
             TextMessage.promise(message_token_streamer=MessageTokenAppender().open(), handle=object())
