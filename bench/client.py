@@ -38,6 +38,12 @@ def _client_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU time (user + system) this process used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _aconsume(replies: Any) -> tuple[list[int], int, int]:
     """Iterate every token of every reply; return latencies, first token ts and last receive time."""
     latencies: list[int] = []
@@ -88,6 +94,7 @@ async def _achain(hops: int, n: int, mode: str, rate: float, url: str) -> dict[s
     from brokeragents import MiniAgents
 
     async with MiniAgents(redis_url=url, remote_calls="always"):
+        cpu0 = _cpu_s()
         t0 = time.monotonic_ns()
         replies = producer_agent.trigger(n=n, mode=mode, rate=rate)
         if hops == 3:
@@ -95,6 +102,7 @@ async def _achain(hops: int, n: int, mode: str, rate: float, url: str) -> dict[s
         elif hops != 1:
             raise ValueError("hops must be 1 or 3")
         latencies, first_ts, last_ns = await _aconsume(replies)
+    cpu_s = _cpu_s() - cpu0  # the caller's CPU for this call, context exit included
     if len(latencies) != n:
         raise RuntimeError(f"received {len(latencies)} tokens, expected {n}")
     return {
@@ -103,6 +111,7 @@ async def _achain(hops: int, n: int, mode: str, rate: float, url: str) -> dict[s
         # Including the call itself (inbox entry, worker pick-up, reply stream set-up).
         "call_tok_s": n / ((last_ns - t0) / 1e9),
         "first_token_ms": (first_ts - t0) / 1e6,
+        "caller_cpu_us_per_token": cpu_s / n * 1e6,
         **_latency_fields(latencies),
     }
 

@@ -136,7 +136,11 @@ class ChildFailedError(RuntimeError):
 
 def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
               timeout_s: float = CHILD_TIMEOUT_S) -> str:
-    """Run a measuring child to completion and return its stdout (stderr is kept for errors)."""
+    """Run a measuring child to completion and return its stdout (stderr is kept for errors).
+
+    The child gets its own process group: if it times out or we are interrupted, the whole group
+    (the child and anything it forked, like stream_chain.py's relays) is stopped by its pgid.
+    """
     full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
         argv,
@@ -146,18 +150,30 @@ def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path |
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=die_with_parent,
+        start_new_session=True,
     )
     try:
         out, err = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _kill_group(process)
         out, err = process.communicate()
         raise ChildFailedError(f"timed out after {timeout_s:g} s: {shlex.join(argv)}\n{err[-2000:]}") from None
+    except BaseException:
+        _kill_group(process)
+        raise
     if process.returncode != 0:
         raise ChildFailedError(
             f"exit code {process.returncode}: {shlex.join(argv)}\n{(out + err)[-3000:]}"
         )
     return out
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """Stop a still-running child's process group (its pgid is its pid: start_new_session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait()
 
 
 def run_baseline(script: str, args: list[str], *, url: str, n: int, runs: int = 1) -> dict[str, dict[str, Any]]:
@@ -352,6 +368,15 @@ class Workers:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a live process used so far, from /proc (10 ms resolution)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -168,7 +168,7 @@ def write_plots(ctx: Context, out_dir: Path) -> list[str]:
         ax.set_title("Ratios to the baselines (same run)")
         save(fig, "ratios.png")
 
-    throughput = [r for r in ctx.rows if r.case in ("a", "c") and r.baseline is not None]
+    throughput = [r for r in ctx.rows if r.unit == " tok/s" and r.case in ("a", "c") and r.baseline is not None]
     if throughput:
         fig, ax = plt.subplots(figsize=(10, 0.5 * len(throughput) + 1.4))
         y = list(range(len(throughput)))

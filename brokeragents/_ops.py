@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
@@ -49,6 +50,14 @@ def write_json(out: TextIO, data: Any, *, indent: int | None = 2) -> None:
     out.flush()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(value: str) -> str:
+    """``value`` safe for a terminal: control characters (ANSI escapes...) shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", value)
+
+
 def format_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -63,6 +72,7 @@ def format_age(seconds: float | None) -> str:
 
 def write_table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
     """Columns padded to their widest cell, two spaces apart."""
+    rows = [[printable(cell) for cell in row] for row in rows]  # names come from Redis
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
@@ -70,7 +80,7 @@ def write_table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
 
 def shorten(value: str, limit: int = 80) -> str:
     """One line of at most ``limit`` characters."""
-    flat = " ".join(value.split())
+    flat = printable(" ".join(value.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -80,6 +90,7 @@ __all__ = (
     "EXIT_UNREACHABLE",
     "aconnected_store",
     "format_age",
+    "printable",
     "shorten",
     "text",
     "text_fields",

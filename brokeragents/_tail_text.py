@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from brokeragents._ops import shorten
+from brokeragents._ops import printable, shorten
 
 _Key = tuple[str, int]  # (call id, message index)
 
@@ -26,7 +26,7 @@ class _Held:
 
 class TextRenderer:
     def __init__(self, out: TextIO) -> None:
-        self._out = out
+        self._out = _Printable(out)
         self._live: _Key | None = None
         self._line_open = False  # the last line is the live message's and is not finished
         self._held: dict[_Key, _Held] = {}  # insertion order: the order they began streaming
@@ -127,6 +127,19 @@ class TextRenderer:
         if self._line_open:
             self._out.write("\n")
             self._line_open = False
+
+
+class _Printable:
+    """Writes to ``out`` with control characters escaped (texts come from Redis)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> None:
+        self._out.write(printable(text))
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 def _error_text(event: dict[str, Any]) -> str:

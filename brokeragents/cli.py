@@ -217,8 +217,15 @@ def dashboard(port: int, host: str, redis_url: str | None, key_prefix: str, work
     def announce(page_url: str) -> None:
         click.echo(f"brokeragents dashboard on {page_url} (Redis {redact_url(url)}, prefix {key_prefix})", err=True)
 
-    sys.exit(run_dashboard(redis_url=url, host=host, port=port, key_prefix=_key_prefix(key_prefix),
-                           worker_timeout_s=worker_timeout_s, announce=announce))
+    from brokeragents.store import RedisUnavailableError
+    from brokeragents.urls import scrub
+
+    try:
+        code = run_dashboard(redis_url=url, host=host, port=port, key_prefix=_key_prefix(key_prefix),
+                             worker_timeout_s=worker_timeout_s, announce=announce)
+    except (RedisUnavailableError, OSError) as exc:  # no Redis, or the port is taken
+        raise click.ClickException(scrub(str(exc), url)) from exc
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

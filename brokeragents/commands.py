@@ -122,10 +122,19 @@ async def acall(
 
 
 async def _astream(reply: Any, out: TextIO, err: TextIO) -> None:
+    """Print tokens as they arrive, one message per line.
+
+    A restart (the worker was lost) ends the line of the cut attempt, is reported on stderr, and
+    the new attempt's messages follow from the start.
+    """
     first = True
     async for item in _aiterate(reply):
         if isinstance(item, ReplyRestartedError):
-            err.write(f"\n[brokeragents] {item}\n")
+            if not first:
+                out.write("\n")
+                out.flush()
+            err.write(f"[brokeragents] {item}\n")
+            err.flush()
             first = True
             continue
         assert isinstance(item, MessagePromise)
@@ -134,8 +143,7 @@ async def _astream(reply: Any, out: TextIO, err: TextIO) -> None:
         first = False
         async for token in _aiterate(item):
             if isinstance(token, ReplyRestartedError):
-                err.write(f"\n[brokeragents] {token}\n")
-                break
+                break  # the message was cut; the reply's restart marker comes next
             out.write(str(token))
             out.flush()
     out.write("\n")

@@ -20,6 +20,7 @@ from brokeragents._ops import (
     EXIT_UNREACHABLE,
     aconnected_store,
     format_age,
+    printable,
     shorten,
     text,
     text_fields,
@@ -181,9 +182,9 @@ async def ainspect(store: StreamStore, target: str) -> dict[str, Any] | None:
 def _write_message_line(out: TextIO, label: str, message: dict[str, Any]) -> None:
     head = f"{message.get('class') or '?'} {message['state']}, {message['tokens']} token(s)"
     out.write(f"  {label} {head}: {shorten(repr(message['content']))}\n")
-    out.write(f"      {message['key']}\n")
+    out.write(f"      {printable(message['key'])}\n")
     if message.get("error"):
-        out.write(f"      error: {message['error']['type']}: {shorten(message['error']['message'])}\n")
+        out.write(f"      error: {shorten(message['error']['type'])}: {shorten(message['error']['message'])}\n")
 
 
 def _write_sequence(out: TextIO, title: str, sequence: dict[str, Any]) -> None:
@@ -191,11 +192,11 @@ def _write_sequence(out: TextIO, title: str, sequence: dict[str, Any]) -> None:
     out.write(f"{title} ({sequence['state']}{attempt}, {len(sequence['items'])} item(s)): {sequence['key']}\n")
     for number, item in enumerate(sequence["items"]):
         if "error" in item:
-            out.write(f"  [{number}] error {item['error']['type']}: {shorten(item['error']['message'])}\n")
+            out.write(f"  [{number}] error {shorten(item['error']['type'])}: {shorten(item['error']['message'])}\n")
         elif "message" in item:
             _write_message_line(out, f"[{number}]", item["message"])
         else:
-            out.write(f"  [{number}] {item['key']}\n")
+            out.write(f"  [{number}] {printable(item['key'])}\n")
 
 
 def write_snapshot(snapshot: dict[str, Any], out: TextIO, *, as_json: bool = False) -> None:
@@ -207,16 +208,17 @@ def write_snapshot(snapshot: dict[str, Any], out: TextIO, *, as_json: bool = Fal
     if kind == "message":
         out.write(f"Message {snapshot['key']}\n")
         for name in ("class", "hash_key", "state", "tokens"):
-            out.write(f"  {name + ':':10} {snapshot.get(name) if snapshot.get(name) is not None else '-'}\n")
+            value = snapshot.get(name)
+            out.write(f"  {name + ':':10} {printable(str(value)) if value is not None else '-'}\n")
         if snapshot.get("error"):
-            out.write(f"  error:     {snapshot['error']['type']}: {snapshot['error']['message']}\n")
-        out.write(f"  content:\n{snapshot['content']}\n")
+            out.write(f"  error:     {shorten(snapshot['error']['type'])}: {printable(snapshot['error']['message'])}\n")
+        out.write(f"  content:\n{printable(snapshot['content'])}\n")
     elif kind == "sequence":
         _write_sequence(out, "Sequence", snapshot)
     else:
         out.write(f"Call {snapshot['call_id']} ({snapshot['key']})\n")
         for name in ("agent", "state", "attempt", "worker", "parent_call", "call_node", "reply_node"):
-            out.write(f"  {name + ':':13}{snapshot.get(name) or '-'}\n")
+            out.write(f"  {name + ':':13}{printable(snapshot.get(name) or '-')}\n")
         for name in ("created_ms", "finished_ms"):
             if snapshot.get(name, "").isdigit():
                 age = time.time() - int(snapshot[name]) / 1000

@@ -8,9 +8,14 @@ message and token by token, into the local reply sequence. Errors keep their pos
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from brokeragents import tracing
 from brokeragents.message_sequence import MessageSequencePromise
@@ -23,6 +28,10 @@ if TYPE_CHECKING:
     from brokeragents.calls import AgentCall
 
 DEFAULT_INBOX_MAXLEN = 100_000
+# Sending a call survives a Redis restart or failover of up to about 8 s.
+_SEND_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+logger = logging.getLogger("brokeragents.remote")
 
 
 async def aruns_remotely(call: AgentCall) -> bool:
@@ -53,7 +62,8 @@ async def aforward_to_worker(call: AgentCall) -> None:
     from brokeragents.utils import display_agent_trace
 
     parent = call._parent
-    await store.redis.xadd(
+    await _asend_request(
+        store.redis,
         keys.agent_inbox(call.agent.alias),
         {
             "call_id": call.call_id,
@@ -64,11 +74,26 @@ async def aforward_to_worker(call: AgentCall) -> None:
             "sent_ms": str(int(time.time() * 1000)),
             **tracing.trace_fields(),  # OpenTelemetry context, when the caller is in a span
         },
-        maxlen=DEFAULT_INBOX_MAXLEN,
-        approximate=True,
     )
     reply = await aopen_sequence_promise(keys.call_reply(call.call_id))
     await _aforward(reply, call)
+
+
+async def _asend_request(redis: Any, inbox: str, fields: dict[str, str]) -> None:
+    """XADD a call request, retrying while Redis is unreachable (a restart, a failover).
+
+    A request whose reply was lost with the connection may have been added: sent again, the call
+    is served twice, which the attempt counter fences like a takeover (at-least-once delivery).
+    """
+    for delay_s in (*_SEND_RETRY_DELAYS_S, None):
+        try:
+            await redis.xadd(inbox, fields, maxlen=DEFAULT_INBOX_MAXLEN, approximate=True)
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if delay_s is None:
+                raise
+            logger.warning("Sending a call to %s failed (%s); retrying in %.2f s", inbox, exc, delay_s)
+            await asyncio.sleep(delay_s)
 
 
 async def _adrain(sequence: StreamedPromise[Any, Any]) -> None:

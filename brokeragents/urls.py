@@ -49,11 +49,16 @@ def url_secrets(url: str) -> list[str]:
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` (an error message, say) with every credential of ``url`` masked."""
-    for secret in url_secrets(url):
-        text = text.replace(secret, MASK)
-        text = text.replace(quote(secret, safe=""), MASK)
-    return text.replace(url, redact_url(url)) if url else text
+    """``text`` (an error message, say) with ``url`` redacted and its credentials masked elsewhere."""
+    if not url:
+        return text
+    secrets = url_secrets(url)
+    pieces = []
+    for piece in text.split(url):
+        for secret in secrets:
+            piece = piece.replace(secret, MASK).replace(quote(secret, safe=""), MASK)
+        pieces.append(piece)
+    return redact_url(url).join(pieces)
 
 
 __all__ = ("MASK", "redact_url", "scrub", "url_secrets")

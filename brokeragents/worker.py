@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from brokeragents import tracing, wire
@@ -40,6 +41,8 @@ from brokeragents.store import StreamStore
 
 logger = logging.getLogger("brokeragents.worker")
 
+# On a Redis Cluster a worker serving agents in several slots polls their inboxes in turn.
+_CLUSTER_BLOCK_MS = 100
 _RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _MAX_ENTRY_FIELD_BYTES = 1024 * 1024
 # An own pending entry idle this long that no task serves is served again (its serving failed).
@@ -124,7 +127,8 @@ class Worker:
         self.ready = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._own_pending_read: set[str] = set()  # aliases whose own pending entries were re-read
+        self._own_pending_read = False  # our pending entries from a previous life were re-read
+        self._rotation = -1
         self.calls_served = 0
         self.metrics = metrics or WorkerMetrics()
 
@@ -156,10 +160,10 @@ class Worker:
             await self._aheartbeat_once()
             heartbeat = [asyncio.create_task(self._aheartbeat_forever(), name="heartbeat")]
             # The claimer takes calls too: it stops with the readers, before the grace period.
-            readers = [asyncio.create_task(self._aclaim_forever(), name="claimer")]
-            readers.extend(
-                asyncio.create_task(self._aconsume_forever(alias), name=f"read {alias}") for alias in self.agents
-            )
+            readers = [
+                asyncio.create_task(self._aclaim_forever(), name="claimer"),
+                asyncio.create_task(self._aconsume_forever(), name="reader"),
+            ]
             logger.info("Worker %s ready: serving %s", self.name, ", ".join(self.agents))
             self.ready.set()
             try:
@@ -210,17 +214,16 @@ class Worker:
         for _ in range(count):
             self._slots.release()
 
-    async def _aconsume_forever(self, alias: str) -> None:
-        """Read and serve calls until cancelled; no Redis error ends it (it backs off instead)."""
-        own_pending_read = False
+    async def _aconsume_forever(self) -> None:
+        """Read and serve calls until stopped; no Redis error ends it (it backs off instead)."""
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             try:
-                if not own_pending_read:
-                    await self._aread_own_pending(alias)  # our calls from a previous life
-                    own_pending_read = True
-                    self._own_pending_read.add(alias)
-                await self._aread_and_serve(alias)
+                if not self._own_pending_read:
+                    for alias in self.agents:
+                        await self._aread_own_pending(alias)  # our calls from a previous life
+                    self._own_pending_read = True
+                await self._aread_and_serve()
                 failures = 0
                 continue
             except asyncio.CancelledError:
@@ -228,22 +231,21 @@ class Worker:
             except ResponseError as exc:
                 error: BaseException = exc
                 if "NOGROUP" in str(exc):
-                    logger.warning(
-                        "The consumer group of %s is gone (Redis restarted or flushed?); recreating it", alias
-                    )
+                    logger.warning("A consumer group is gone (Redis restarted or flushed?); recreating it")
                     try:
-                        await self._aensure_group(alias)
+                        for alias in self.agents:
+                            await self._aensure_group(alias)
                         continue
                     except (RedisError, OSError) as group_exc:
                         error = group_exc  # backs off below
             except (RedisError, OSError) as exc:
                 error = exc
-            except Exception as exc:  # a bug must not silently stop this agent's reader
-                logger.exception("Reading %s failed", alias)
+            except Exception as exc:  # a bug must not silently stop the reader
+                logger.exception("Reading calls failed")
                 error = exc
             failures += 1
             delay_s = _RETRY_DELAYS_S[min(failures, len(_RETRY_DELAYS_S)) - 1]
-            logger.warning("Reading %s failed (%s); retrying in %.1f s", alias, error, delay_s)
+            logger.warning("Reading calls failed (%s); retrying in %.1f s", error, delay_s)
             await asyncio.sleep(delay_s)
 
     async def _aread_own_pending(self, alias: str) -> None:
@@ -254,37 +256,81 @@ class Worker:
         """
         start_id = "0"
         while True:
-            entries = await self._aread(alias, start_id)
+            slots = await self._areserve_slots()
+            try:
+                entries = await self._aread({alias: start_id}, count=slots, block_ms=None)
+            finally:
+                self._release_slots(slots)
             if not entries:
                 return
-            for entry_id, fields in entries:
-                self._start_serving(alias, _text(entry_id), fields, retried=True)
-            start_id = _text(entries[-1][0])
+            for entry_alias, entry_id, fields in entries:
+                self._start_serving(entry_alias, entry_id, fields, retried=True)
+            start_id = entries[-1][1]
 
-    async def _aread_and_serve(self, alias: str) -> None:
-        for entry_id, fields in await self._aread(alias, ">"):
-            self._start_serving(alias, _text(entry_id), fields, retried=False)
+    async def _aread_and_serve(self) -> None:
+        """Read new calls of every agent, never more than the free slots, and start serving them.
 
-    async def _aread(self, alias: str, start_id: str) -> list[tuple[Any, Any]]:
-        """Read at most as many entries as there are free slots; each entry keeps one slot."""
+        First without blocking, agent after agent, while slots are free. When nothing waits, one
+        blocking read over the inboxes (COUNT 1 per inbox) holds one slot per inbox it waits on,
+        and only those: the other free slots stay available to the claimer meanwhile.
+        """
         slots = await self._areserve_slots()
+        aliases = self._next_aliases()
+        entries: list[tuple[str, str, Any]] = []
         try:
-            reply = await self._redis.xreadgroup(
-                WORKER_GROUP,
-                self.name,
-                {self._inbox(alias): start_id},
-                count=slots,
-                block=None if start_id != ">" else self.settings.block_ms,
-            )
-        except BaseException:
-            self._release_slots(slots)
-            raise
-        entries: list[tuple[Any, Any]] = list(reply[0][1]) if reply else []
-        self._release_slots(slots - len(entries))
-        return entries
+            for alias in aliases:
+                if len(entries) == slots:
+                    break
+                entries += await self._aread({alias: ">"}, count=slots - len(entries), block_ms=None)
+            if not entries:
+                waiting_on = aliases[:slots]
+                self._release_slots(slots - len(waiting_on))
+                slots = len(waiting_on)
+                entries = await self._aread(dict.fromkeys(waiting_on, ">"), count=1, block_ms=self.settings.block_ms)
+        finally:
+            # Each entry read keeps one slot (released when its serving ends); the rest go back.
+            self._release_slots(max(0, slots - len(entries)))
+        if len(entries) > slots:  # COUNT bounds what each inbox gives, so this would be a bug
+            logger.error("Read %d entries with only %d free slots", len(entries), slots)
+        for entry_alias, entry_id, fields in entries:
+            self._start_serving(entry_alias, entry_id, fields, retried=False)
+
+    def _next_aliases(self) -> list[str]:
+        """The served aliases, starting one further each time (fair when slots are scarce)."""
+        aliases = list(self.agents)
+        self._rotation = (self._rotation + 1) % len(aliases)
+        return aliases[self._rotation :] + aliases[: self._rotation]
+
+    async def _aread(self, starts: dict[str, str], *, count: int, block_ms: int | None) -> list[tuple[str, str, Any]]:
+        """XREADGROUP the inboxes of ``starts`` (alias -> start id); return (alias, entry id, fields)."""
+        if isinstance(self._redis, RedisCluster) and len(starts) > 1:
+            # A cluster takes the keys of one command from one slot: read the inboxes in the first
+            # one's slot, blocking briefly; the caller's next read (rotated) takes the next slot.
+            slot = key_slot(self._inbox(next(iter(starts))).encode())
+            same_slot = {a: start for a, start in starts.items() if key_slot(self._inbox(a).encode()) == slot}
+            if len(same_slot) < len(starts):
+                starts, block_ms = same_slot, None if block_ms is None else min(block_ms, _CLUSTER_BLOCK_MS)
+        inboxes = {self._inbox(alias): alias for alias in starts}
+        reply = await self._redis.xreadgroup(
+            WORKER_GROUP,
+            self.name,
+            {self._inbox(alias): start_id for alias, start_id in starts.items()},
+            count=count,
+            block=block_ms,
+        )
+        return [
+            (inboxes[_text(stream)], _text(entry_id), fields)
+            for stream, stream_entries in reply or []
+            for entry_id, fields in stream_entries
+        ]
 
     def _start_serving(self, alias: str, entry_id: str, fields: dict[Any, Any] | None, *, retried: bool) -> None:
         """Serve one entry in its own task; the slot reserved for it is released when it ends."""
+        if self._stopping.is_set():
+            # Read while stopping (redis-py may swallow the reader's cancellation): leave it
+            # pending; it is taken over once this worker is gone.
+            self._slots.release()
+            return
         if entry_id in self._in_flight:
             # Delivered again while we serve it (its group was recreated): one run is enough.
             self._slots.release()
@@ -301,7 +347,7 @@ class Worker:
 
     async def _aclaim_forever(self) -> None:
         last_prune = 0.0
-        while True:
+        while not self._stopping.is_set():
             for alias in self.agents:
                 try:
                     await self._aclaim_from_dead_workers(alias)
@@ -324,7 +370,6 @@ class Worker:
                     await self._aprune_dead_workers()
                 except (RedisError, OSError) as exc:
                     logger.warning("Pruning dead workers failed: %s", exc)
-            logger.debug("DBG claim sleep %s", self.settings.claim_every_s)
             await asyncio.sleep(self.settings.claim_every_s)
 
     async def _aclaim_from_dead_workers(self, alias: str) -> None:
@@ -333,11 +378,9 @@ class Worker:
         summary = await redis.xpending(inbox, WORKER_GROUP)
         for consumer in summary.get("consumers") or []:
             owner = _text(consumer["name"])
-            logger.debug("DBG claim round: %s pending %s alive %s", owner, consumer, await self._registry.ais_alive(owner, [alias]))
             if owner == self.name or await self._registry.ais_alive(owner, [alias]):
                 continue
             pending = await redis.xpending_range(inbox, WORKER_GROUP, min="-", max="+", count=100, consumername=owner)
-            logger.debug("DBG pending range %s", pending)
             for item in pending:
                 if await self._aclaim(alias, _text(item["message_id"])):
                     logger.info("Took over call entry %s of dead worker %s", _text(item["message_id"]), owner)
@@ -345,7 +388,7 @@ class Worker:
 
     async def _aretry_own_orphans(self, alias: str) -> None:
         """Serve again our own pending entries that no task serves (its serving failed)."""
-        if alias not in self._own_pending_read:
+        if not self._own_pending_read:
             return  # the reader takes them back first (claiming them too would count twice)
         pending = await self._redis.xpending_range(
             self._inbox(alias), WORKER_GROUP, min="-", max="+", count=100, consumername=self.name,
@@ -359,7 +402,6 @@ class Worker:
     async def _aclaim(self, alias: str, entry_id: str) -> bool:
         """XCLAIM one entry (counting a delivery) and serve it; False if someone else has it."""
         slots = await self._areserve_slots()
-        logger.debug("DBG reserved %s", slots)
         self._release_slots(slots - 1)
         try:
             claimed = await self._redis.xclaim(
@@ -372,7 +414,6 @@ class Worker:
             self._release_slots(1)  # another worker claimed it first, or it was deleted
             return False
         claimed_id, fields = claimed[0]
-        logger.debug("DBG claimed %s", claimed_id)
         self._start_serving(alias, _text(claimed_id), fields, retried=True)
         return True
 
@@ -447,7 +488,12 @@ class Worker:
         if deliveries > self.settings.max_deliveries:
             await self._agive_up(alias, entry_id, request, reply_key, deliveries, attempt)
             return
-        kwargs_message = await wire.abuild_message(request.kwargs, None, _loader(store))
+        try:
+            kwargs_message = await wire.abuild_message(request.kwargs, None, _loader(store))
+        except WireFormatError as exc:
+            # Unknown classes, missing sub-messages: serving it again would fail the same way.
+            await self._areject_kwargs(alias, entry_id, request, reply_key, exc)
+            return
         input_promise = await aopen_sequence_promise(keys.call_input(request.call_id))
         call = AgentCall(
             self.agents[alias],
@@ -491,6 +537,23 @@ class Worker:
             last = await redis.xrevrange(key, count=1)
             if not last or last[0][1].get(b"kind") not in (b"message", b"error"):
                 await redis.xadd(key, wire.encode_error(restart))
+
+    async def _areject_kwargs(
+        self, alias: str, entry_id: str, request: _Request, reply_key: str, exc: WireFormatError
+    ) -> None:
+        reason = f"call {request.call_id} to {alias} has malformed kwargs: {exc}"
+        logger.error("Rejected a call: %s", reason)
+        self.metrics.dead_letter(alias, "malformed")
+        await self._store.arecord_dead_letter(
+            reason, stream=self._inbox(alias), entry_id=entry_id, call_id=request.call_id, agent=alias
+        )
+        self._store.sequence_error(reply_key, CallFailedError(f"Rejected: {reason}"))
+        self._store.sequence_end(reply_key)
+        self._store.write_hash(
+            self._store.keys.call(request.call_id), {"state": "failed", "finished_ms": str(now_ms())}, finished=True
+        )
+        await self._store.aflush()
+        await self._aack(alias, entry_id)
 
     async def _agive_up(
         self, alias: str, entry_id: str, request: _Request, reply_key: str, deliveries: int, attempt: int
@@ -547,7 +610,11 @@ def _text(raw: Any) -> str:
 
 
 def _describe(fields: dict[Any, Any]) -> str:
-    return repr({_text(k)[:64]: _text(v)[:256] if isinstance(v, bytes | str) else v for k, v in fields.items()})[:4096]
+    # Garbage may be anything: decoding must never fail here (the entry would be retried forever).
+    def shown(raw: Any) -> str:
+        return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+
+    return repr({shown(k)[:64]: shown(v)[:256] for k, v in fields.items()})[:4096]
 
 
 def _parse_request(alias: str, fields: dict[Any, Any]) -> _Request:
@@ -592,10 +659,24 @@ async def _adrain_whole(sequence: StreamedPromise[Any, Any]) -> None:
             await piece
 
 
-async def _acancel(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+async def _acancel(tasks: list[asyncio.Task[Any]], *, rounds: int = 20, wait_s: float = 0.25) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again those that did not stop.
+
+    redis-py's asyncio client can swallow a cancellation that arrives at the wrong moment of a
+    command (redis/redis-py#2028): the task goes on until its next await, so one cancel() is not
+    enough to be sure it ends.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=wait_s)
+    if pending:
+        logger.error("%d task(s) did not stop when cancelled: %s", len(pending), [t.get_name() for t in pending])
+    await asyncio.gather(*(task for task in tasks if task.done()), return_exceptions=True)
 
 
 __all__ = ("Worker", "WorkerSettings", "default_worker_name")
+

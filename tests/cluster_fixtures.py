@@ -96,7 +96,7 @@ class LocalCluster:
         clients = [self.node(index) for index in range(self.masters)]
         try:
             for index, client in enumerate(clients):
-                wait_until_sync(lambda c=client: _pings(c), timeout_s=10, what=f"cluster node {index} to start")
+                wait_until_sync(lambda i=index, c=client: self._started(i, c), timeout_s=10, what=f"node {index}")
             per_node = SLOTS // self.masters
             for index, client in enumerate(clients):
                 first = index * per_node
@@ -111,6 +111,12 @@ class LocalCluster:
         finally:
             for client in clients:
                 client.close()
+
+    def _started(self, index: int, client: redis.Redis) -> bool:
+        if self.processes[index].poll() is not None:
+            log = (Path(self.dir) / f"node-{index}.log").read_text(errors="replace")
+            raise RuntimeError(f"cluster node {index} ({self.binary}) exited:\n{log[-2000:]}")
+        return _pings(client)
 
     def stop(self) -> None:
         for process in self.processes:

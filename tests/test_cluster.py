@@ -13,6 +13,8 @@ import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from brokeragents import (
     MessagePromise,
     MessageSequence,
@@ -23,6 +25,7 @@ from brokeragents import (
     aopen_message_promise,
     aopen_sequence_promise,
 )
+from brokeragents.dashboard import Dashboard
 from brokeragents.errors import ReplyRestartedError
 from brokeragents.keys import Keys, new_id
 from brokeragents.registry import Registry
@@ -197,6 +200,31 @@ async def test_a_call_served_by_a_worker_subprocess(
     assert by_agent["CLUSTER_ECHO"]["parent_call"] == by_agent["CLUSTER_BOSS"]["call_id"]
     assert by_agent["CLUSTER_BOSS"]["parent_call"] == ""
     assert assert_call_keys_share_a_slot(redis_cluster, cluster_prefix) == {call["call_id"] for call in calls}
+    overview, events = await read_dashboard(redis_cluster.url, cluster_prefix, by_agent["CLUSTER_ECHO"]["call_id"])
+    assert {(call["agent"], call["state"]) for call in overview["calls"]} == {("CLUSTER_BOSS", "done"),
+                                                                            ("CLUSTER_ECHO", "done")}  # fmt: skip
+    assert [worker["name"] for worker in overview["workers"]] == [worker.name]
+    assert events[-2:] == ["event: end", "data: {}"] and 'data: {"index": 0, "token": "cluster "}' in events
+
+
+async def read_dashboard(url: str, prefix: str, call_id: str) -> tuple[dict[str, Any], list[str]]:
+    """The dashboard's overview, and the SSE lines of a call's reply, served from the cluster."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        Dashboard(redis_url=url, key_prefix=prefix).aserve("127.0.0.1", 0, stop=stop, on_ready=ready.set_result)
+    )
+    try:
+        page = await asyncio.wait_for(ready, timeout=10)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(page + "api/overview") as response:
+                overview = await response.json()
+            async with session.get(f"{page}api/calls/{call_id}/stream") as response:
+                lines = [line.decode().strip() async for line in response.content if line.strip()]
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, timeout=10)
+    return overview, lines
 
 
 async def test_a_call_is_taken_over_after_its_worker_is_killed(

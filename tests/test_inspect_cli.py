@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from brokeragents import MiniAgent
+from brokeragents import MiniAgent, MiniAgents, TextMessage
 from brokeragents._ops import EXIT_NOT_FOUND, EXIT_OK
 from brokeragents.inspection import arun_inspect
 from brokeragents.keys import Keys
@@ -145,3 +145,12 @@ async def test_inspect_command(cluster: Cluster) -> None:
     assert "agent:       ECHO" in out and "'echo: ping'" in out
     code, out, err = await arun_cli("inspect", "f" * 32, "--redis-url", cluster.redis_url)
     assert (code, out) == (1, "") and "Nothing found" in err
+
+
+async def test_control_characters_from_redis_never_reach_the_terminal(redis_backend: Backend) -> None:
+    async with MiniAgents(redis=redis_backend.client()) as mini_agents:
+        assert mini_agents.store is not None
+        key = mini_agents.store.store_message(TextMessage("clear \x1b[2J\x1b]0;title\x07 screen"))
+    text = await _text(redis_backend, key)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "clear \\x1b[2J\\x1b]0;title\\x07 screen" in text

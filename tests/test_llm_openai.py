@@ -400,9 +400,12 @@ async def test_tokens_stream_from_a_worker_process_to_the_caller_as_they_arrive(
     server.script(
         Reply(frames=openai_stream(["first ", "second"], usage=openai_usage()), hold_at=2, release=release),
         Reply(frames=openai_stream(["Hel", "lo ", "world"]), drop_after=3),
+        Reply(frames=openai_stream([], tool_calls=[("call_9", "f", ['{"a"', ": 1}"])], finish_reason="tool_calls")),
     )
     async with MiniAgents(redis_url=real_redis_url, key_prefix=worker_process, remote_calls="always"):
-        promise = await the_reply(OpenAIAgent, "hi", model="gpt-fake")
+        # The first message, not the whole reply: a worker ends a reply only once its messages
+        # are whole (so a lost worker's partial reply is never taken as complete).
+        promise = await asyncio.wait_for(anext(aiter(OpenAIAgent.trigger("hi", model="gpt-fake"))), timeout=30)
         tokens = aiter(promise)
         # The fake server holds the rest of the stream: this token crossed processes on its own.
         assert str(await asyncio.wait_for(anext(tokens), timeout=30)) == "first "
@@ -414,4 +417,9 @@ async def test_tokens_stream_from_a_worker_process_to_the_caller_as_they_arrive(
 
         broken = await the_reply(OpenAIAgent, "hi", model="gpt-fake")
         assert await tokens_and_outcome(broken) == (["Hel", "lo "], "APIConnectionError")
+
+        calling = await the_reply(OpenAIAgent, "hi", model="gpt-fake")
+        fragments = [token.arguments_delta async for token in calling if isinstance(token, ToolCallToken)]
+        assert fragments == ["", '{"a"', ": 1}"]
+        assert (await calling).tool_calls == (Frozen(id="call_9", name="f", arguments='{"a": 1}'),)
     assert server.requests[0].headers["authorization"] == "Bearer sk-worker"

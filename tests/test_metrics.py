@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -78,7 +79,7 @@ async def test_takeovers_and_calls_given_up_are_counted(redis_backend: Backend) 
     async with caller(client, "gu"):
         given_up = MiniAgent(alias="WORDS").trigger("given up")
         await _leave_a_call_with_a_dead_worker(client, "WORDS", "gu")
-        settings = {"claim_interval_s": 0.1, "max_deliveries": 1}
+        settings: dict[str, Any] = {"claim_interval_s": 0.1, "max_deliveries": 1}
         async with aserving([words], client, prefix="gu", metrics=WorkerMetrics(registry), **settings):
             with pytest.raises(Exception, match="Gave up"):
                 await given_up

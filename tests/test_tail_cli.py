@@ -12,7 +12,7 @@ from brokeragents import MiniAgent
 from brokeragents._tail_text import TextRenderer
 from brokeragents.tailing import arun_tail
 from helpers import Backend, wait_until
-from ops_support import astart_cli, aserving, broken, caller, cli_env, json_lines, words
+from ops_support import aserving, astart_cli, broken, caller, cli_env, json_lines, words
 from worker_fixtures import Cluster
 
 pytest_plugins = ("worker_fixtures",)
@@ -104,6 +104,14 @@ def test_text_keeps_each_message_on_one_line_while_calls_interleave() -> None:
         "[A c2] reply done: 1 message(s), 0 error(s)",
         "[A c1] reply done: 1 message(s), 0 error(s)",
     ]
+
+
+def test_text_escapes_control_characters() -> None:
+    out = io.StringIO()
+    text = TextRenderer(out)
+    text.handle({"event": "token", "call_id": "c1", "agent": "A\x1b", "index": 0, "token": "\x1b[2Jgone\r"})
+    text.close()
+    assert out.getvalue() == "[A\\x1b c1 #0] \\x1b[2Jgone\\x0d\n"
 
 
 @pytest.mark.real_redis

@@ -103,6 +103,11 @@ class Cluster:
         self._cli_processes: list[asyncio.subprocess.Process] = []
         self._counter = 0
 
+    async def areconnect(self) -> None:
+        """A new client for the test's own commands (after the server was restarted)."""
+        await self.redis.aclose()
+        self.redis = redis.asyncio.Redis.from_url(self.redis_url, socket_timeout=30)
+
     # --- keys ---------------------------------------------------------------------------------------
 
     def key(self, name: str) -> str:
@@ -178,6 +183,13 @@ class Cluster:
         proc = self.start_worker(*targets, **kwargs)
         await self.await_ready(proc)
         return proc
+
+    async def aworkers(self, count: int, *targets: str, **kwargs: Any) -> list[WorkerProc]:
+        """Start ``count`` workers at once and wait until all are registered."""
+        procs = [self.start_worker(*targets, **kwargs) for _ in range(count)]
+        for proc in procs:
+            await self.await_ready(proc)
+        return procs
 
     async def await_ready(self, proc: WorkerProc, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Wait until ``proc`` heartbeated (its hash in the registry carries its pid)."""

@@ -28,6 +28,22 @@ def _wall_s(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
+IMPORT_PROBE = "import brokeragents.cli, brokeragents.worker"
+BIG_IMPORTS = ("brokeragents.cli", "redis", "pydantic", "opentelemetry.sdk.metrics", "click")
+
+
+def import_breakdown() -> str:
+    """Cumulative import time of the heaviest packages (``python -X importtime``), one run."""
+    proc = subprocess.run([PYTHON, "-X", "importtime", "-c", IMPORT_PROBE], cwd=str(REPO_ROOT),
+                          capture_output=True, text=True, check=True)
+    found: dict[str, int] = {}
+    for line in proc.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[2].strip() in BIG_IMPORTS and parts[2].strip() not in found:
+            found[parts[2].strip()] = int(parts[1].strip())
+    return ", ".join(f"{name} {found[name] / 1000:.0f} ms" for name in BIG_IMPORTS if name in found)
+
+
 def run(ctx: Context) -> None:
     keys = Keys()
     client = redis.Redis.from_url(ctx.url)
@@ -48,7 +64,7 @@ def run(ctx: Context) -> None:
     variants = {
         "worker": worker_ready,
         "python": lambda: {"wall_s": _wall_s([PYTHON, "-c", "pass"])},
-        "import": lambda: {"wall_s": _wall_s([PYTHON, "-c", "import brokeragents.cli, brokeragents.worker"])},
+        "import": lambda: {"wall_s": _wall_s([PYTHON, "-c", IMPORT_PROBE])},
     }
     try:
         res = interleaved(ctx.settings.runs, variants)
@@ -57,4 +73,5 @@ def run(ctx: Context) -> None:
     ctx.add(Row("f.ready", "f", "worker cold start until registered", " s", summary(res["worker"], "ready_s"),
                 higher_is_better=False, target_value=TARGET_S))
     ctx.note("f", f"floor on this machine: interpreter start {summary(res['python'], 'wall_s').fmt(' s')}; "
-                  f"interpreter + import brokeragents.cli/worker {summary(res['import'], 'wall_s').fmt(' s')}.")
+                  f"interpreter + import brokeragents.cli/worker {summary(res['import'], 'wall_s').fmt(' s')}. "
+                  f"Cumulative import times (python -X importtime, one run): {import_breakdown()}.")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import run_baseline, run_client
+from bench.common import Workers, cpu_seconds, run_baseline, run_client
 from bench.harness import Context, Row, interleaved, summary
 
 CHAIN_AGENTS = {
@@ -32,18 +32,28 @@ def _only(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return next(iter(results.values()))
 
 
+def _with_cpu(ctx: Context, pids: dict[str, int], n: int, run: Any) -> dict[str, Any]:
+    """Run once; add the CPU microseconds per token each process (and the server) spent meanwhile."""
+    pids = {**pids, "redis": ctx.server.pid or 0}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    out = dict(run())
+    for name, pid in pids.items():
+        out[f"cpu_{name}"] = (cpu_seconds(pid) - before[name]) / n * 1e6
+    return out
+
+
 def _baseline(ctx: Context, *args: str, n: int) -> Any:
-    return lambda: _only(run_baseline("stream_chain.py", [*args, "--runs", "1", "--n", str(n)], url=ctx.url, n=n))
+    argv = [*args, "--runs", "1", "--n", str(n)]
+    return lambda: _with_cpu(ctx, {}, n, lambda: _only(run_baseline("stream_chain.py", argv, url=ctx.url, n=n)))
 
 
-def _ours(ctx: Context, hops: int, mode: str, n: int, rate: float = 0) -> Any:
+def _ours(ctx: Context, workers: Workers, hops: int, mode: str, n: int, rate: float = 0) -> Any:
     args = ["chain", "--hops", str(hops), "--mode", mode, "--n", str(n), "--rate", str(rate)]
-    return lambda: _only(run_client(args, url=ctx.url))
+    pids = {w.name.removeprefix("bench.").removesuffix("_agent"): w.pid for w in workers.procs}
+    return lambda: _with_cpu(ctx, pids, n, lambda: _only(run_client(args, url=ctx.url)))
 
 
-def start_chain_workers(ctx: Context) -> Any:
-    from bench.common import Workers
-
+def start_chain_workers(ctx: Context) -> Workers:
     workers = Workers(ctx.url)
     for alias, target in CHAIN_AGENTS.items():
         workers.start(target, f"bench.{alias.lower()}")
@@ -54,17 +64,17 @@ def start_chain_workers(ctx: Context) -> Any:
 def run_throughput(ctx: Context) -> None:
     s = ctx.settings
     n = s.n
-    variants = {
-        "raw1": _baseline(ctx, "--streams", "1", n=n),
-        "raw1_b32": _baseline(ctx, "--streams", "1", "--batch", "32", "--flush-ms", "1", n=n),
-        "raw3": _baseline(ctx, "--streams", "3", n=n),
-        "raw3_b32": _baseline(ctx, "--streams", "3", "--batch", "32", "--flush-ms", "1", n=n),
-        "ours1": _ours(ctx, 1, "sleep0", n),
-        "ours3": _ours(ctx, 3, "sleep0", n),
-    }
-    if not s.quick:
-        variants["ours3_burst"] = _ours(ctx, 3, "burst", n)
-    with start_chain_workers(ctx):
+    with start_chain_workers(ctx) as workers:
+        variants = {
+            "raw1": _baseline(ctx, "--streams", "1", n=n),
+            "raw1_b32": _baseline(ctx, "--streams", "1", "--batch", "32", "--flush-ms", "1", n=n),
+            "raw3": _baseline(ctx, "--streams", "3", n=n),
+            "raw3_b32": _baseline(ctx, "--streams", "3", "--batch", "32", "--flush-ms", "1", n=n),
+            "ours1": _ours(ctx, workers, 1, "sleep0", n),
+            "ours3": _ours(ctx, workers, 3, "sleep0", n),
+        }
+        if not s.quick:
+            variants["ours3_burst"] = _ours(ctx, workers, 3, "burst", n)
         res = interleaved(s.runs, variants)
     ours3 = summary(res["ours3"], "tok_s")
     ctx.add(Row("a.3hop.vs_batch32", "a", "3 hops via workers, flat out (sleep0)", " tok/s", ours3,
@@ -84,20 +94,26 @@ def run_throughput(ctx: Context) -> None:
                   f"{summary(res['ours3'], 'call_tok_s').fmt(' tok/s')} for 3 hops; first token after "
                   f"{summary(res['ours3'], 'first_token_ms').fmt(' ms')} (1 hop: "
                   f"{summary(res['ours1'], 'first_token_ms').fmt(' ms')}).")
-    ctx.plots["a"] = {name: summary(r, "tok_s") for name, r in res.items()}
+    cpu = ", ".join(f"{name} {summary(res['ours3'], f'cpu_{name}').fmt()}" for name in
+                    ("producer", "relay_b", "relay_c", "redis"))
+    ctx.note("a", f"CPU microseconds per token, 3 hops (sleep0): {cpu}, caller "
+                  f"{summary(res['ours3'], 'caller_cpu_us_per_token').fmt()}. Redis server CPU per token: ours "
+                  f"{summary(res['ours3'], 'cpu_redis').fmt(' us')} vs raw per-token "
+                  f"{summary(res['raw3'], 'cpu_redis').fmt(' us')} and raw batch 32 "
+                  f"{summary(res['raw3_b32'], 'cpu_redis').fmt(' us')}.")
 
 
 def run_latency(ctx: Context) -> None:
     s = ctx.settings
     n, rate = s.paced_n, s.rate
     rate_args = ["--rate", f"{rate:g}"]
-    variants = {
-        "raw3": _baseline(ctx, "--streams", "3", *rate_args, n=n),
-        "ours3": _ours(ctx, 3, "paced", n, rate),
-        "raw1": _baseline(ctx, "--streams", "1", *rate_args, n=n),
-        "ours1": _ours(ctx, 1, "paced", n, rate),
-    }
-    with start_chain_workers(ctx):
+    with start_chain_workers(ctx) as workers:
+        variants = {
+            "raw3": _baseline(ctx, "--streams", "3", *rate_args, n=n),
+            "ours3": _ours(ctx, workers, 3, "paced", n, rate),
+            "raw1": _baseline(ctx, "--streams", "1", *rate_args, n=n),
+            "ours1": _ours(ctx, workers, 1, "paced", n, rate),
+        }
         res = interleaved(s.runs, variants)
     for hops, targets in ((3, {"p50": 1.3, "p99": 1.5}), (1, {})):
         for pct in ("p50", "p99"):
@@ -108,4 +124,3 @@ def run_latency(ctx: Context) -> None:
                         target_ratio=targets.get(pct)))
     ctx.note("b", f"max latency, 3 hops: ours {summary(res['ours3'], 'max_ms').fmt(' ms')}, raw "
                   f"{summary(res['raw3'], 'max_ms').fmt(' ms')}.")
-    ctx.plots["b"] = {name: {p: summary(r, f"{p}_ms") for p in ("p50", "p99")} for name, r in res.items()}

@@ -12,8 +12,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     if exc.name != "aiohttp" and not (exc.name or "").startswith("aiohttp."):
         raise
-    raise ImportError(
-        'The dashboard needs aiohttp: pip install "brokeragents[dashboard]"', name=exc.name
-    ) from exc
+    raise ImportError('The dashboard needs aiohttp: pip install "brokeragents[dashboard]"', name=exc.name) from exc
 
 __all__ = ("DEFAULT_PORT", "Dashboard", "run_dashboard")

@@ -85,7 +85,7 @@ class Dashboard:
                 await site.start()
                 bound_host, bound_port = runner.addresses[0][:2]
                 if on_ready is not None:
-                    on_ready(f"http://{bound_host}:{bound_port}/")
+                    on_ready(f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/")
                 await stop.wait()
             finally:
                 for pump in list(self._pumps):

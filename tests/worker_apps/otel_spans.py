@@ -11,11 +11,10 @@ import json
 import os
 from collections.abc import Sequence
 
+from chain import chain_a, chain_b, chain_c
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-
-from chain import chain_a, chain_b, chain_c
 
 
 class JsonLinesExporter(SpanExporter):

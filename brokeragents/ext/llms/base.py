@@ -27,6 +27,7 @@ from brokeragents.errors import BrokerAgentsError
 from brokeragents.ext.llms.messages import AssistantMessage, LLMMessage
 from brokeragents.frozen import Frozen
 from brokeragents.message_promise import MessagePromise, MessageTokenAppender
+from brokeragents.message_sequence import MessageSequence
 from brokeragents.messages import Message
 from brokeragents.runtime import MiniAgents
 
@@ -57,6 +58,21 @@ def message_to_llm_dict(message: Message, default_role: str = "user") -> Message
     if not (isinstance(role, str) and isinstance(content, str)):
         content = str(message)
     return {"role": role if isinstance(role, str) else default_role, "content": content}
+
+
+async def aprepare_chat_dicts(
+    messages: Any, *, system: str | None = None, convert: Callable[[Message], MessageDict] = message_to_llm_dict
+) -> list[MessageDict]:
+    """The system prompt first (if any), then ``convert(message)`` for each message, in order."""
+    resolved = await MessageSequence.turn_into_sequence_promise(messages)
+    message_dicts = [{"role": "system", "content": system}] if system is not None else []
+    return message_dicts + [convert(message) for message in resolved]
+
+
+class EmbeddingMessage(Message):
+    """An embedding vector (what ``openai_embedding_agent`` replies with)."""
+
+    embedding: tuple[float, ...]
 
 
 def _default_stream() -> bool:
@@ -181,11 +197,13 @@ async def aopen_client(
 
 
 __all__ = (
+    "EmbeddingMessage",
     "IncompleteLLMResponseError",
     "LLMAgent",
     "MessageDict",
     "SDKClient",
     "aopen_client",
+    "aprepare_chat_dicts",
     "message_to_llm_dict",
     "thaw",
 )

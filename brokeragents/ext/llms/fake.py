@@ -22,8 +22,7 @@ import re
 
 from brokeragents.agents import MiniAgent, miniagent
 from brokeragents.errors import BrokerAgentsError
-from brokeragents.ext.llms.base import LLMAgent, MessageDict
-from brokeragents.ext.llms.openai import aprepare_dicts_for_openai
+from brokeragents.ext.llms.base import LLMAgent, MessageDict, aprepare_chat_dicts
 from brokeragents.message_promise import MessageTokenAppender
 
 # A token is a run of non-space characters with the spaces before it, like BPE tokens; joining
@@ -50,7 +49,7 @@ class FakeLLM(LLMAgent):
     fail_after_tokens: int | None = None
 
     async def _aprepare_message_dicts(self) -> list[MessageDict]:
-        return await aprepare_dicts_for_openai(self.ctx.message_promises, system=self.system)
+        return await aprepare_chat_dicts(self.ctx.message_promises, system=self.system)
 
     def reply_text(self, message_dicts: list[MessageDict]) -> str:
         """What the fake model answers to ``message_dicts``."""

@@ -21,18 +21,18 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from brokeragents.agents import MiniAgent, miniagent
 from brokeragents.calls import InteractionContext
 from brokeragents.ext.llms.base import (
+    EmbeddingMessage,
     IncompleteLLMResponseError,
     LLMAgent,
     MessageDict,
     aopen_client,
+    aprepare_chat_dicts,
     message_to_llm_dict,
     thaw,
 )
 from brokeragents.ext.llms.tools import ToolCallCollector, openai_tool_fields
 from brokeragents.frozen import Frozen
 from brokeragents.message_promise import MessageTokenAppender
-from brokeragents.message_sequence import MessageSequence
-from brokeragents.messages import Message
 from brokeragents.utils import as_single_text_promise
 
 
@@ -42,10 +42,9 @@ async def aprepare_dicts_for_openai(messages: Any, *, system: str | None = None)
     A message without a role is a user message. System messages inside ``messages`` stay where
     they are. Tool calls and tool results keep their OpenAI fields.
     """
-    resolved = await MessageSequence.turn_into_sequence_promise(messages)
-    message_dicts = [{"role": "system", "content": system}] if system is not None else []
-    message_dicts += [openai_tool_fields(message, message_to_llm_dict(message)) for message in resolved]
-    return message_dicts
+    return await aprepare_chat_dicts(
+        messages, system=system, convert=lambda message: openai_tool_fields(message, message_to_llm_dict(message))
+    )
 
 
 class OpenAILLM(LLMAgent):
@@ -143,12 +142,6 @@ def _append_completion(completion: ChatCompletion, appender: MessageTokenAppende
 
 
 OpenAIAgent: MiniAgent = miniagent(OpenAILLM, alias="OPENAI_AGENT")
-
-
-class EmbeddingMessage(Message):
-    """An embedding vector."""
-
-    embedding: tuple[float, ...]
 
 
 async def _openai_embedding_agent(
