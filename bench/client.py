@@ -16,13 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import resource
+import sys
 import time
 from typing import Any
 
 from bench.common import percentile, result_line
 
 TOKEN = "tok_"
+ERROR_LIMIT = 200  # failed Redis reads/writes the framework may log before a scale run gives up
 
 
 def _latency_fields(latencies_ns: list[int]) -> dict[str, float]:
@@ -124,6 +128,35 @@ def cmd_chain(args: argparse.Namespace) -> None:
 # --- scale ----------------------------------------------------------------------------------------
 
 
+class _ErrorWatch(logging.Handler):
+    """Counts the framework's warnings about failed Redis reads and writes (it retries them)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(logging.WARNING)
+        self.limit = limit
+        self.count = 0
+        self.pool_exhausted = 0  # of which redis-py's "Too many connections" (pool at max_connections)
+        self.last = ""
+        self.exceeded = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "failed" in message:
+            self.count += 1
+            self.pool_exhausted += "Too many connections" in message
+            self.last = message
+            if self.count >= self.limit:
+                self.exceeded.set()
+
+
+async def _awatchdog(watch: _ErrorWatch) -> None:
+    """Give up (exit 3) once the framework logged too many failed reads/writes: it would retry forever."""
+    await watch.exceeded.wait()
+    print(f"gave up after {watch.count} failed Redis reads/writes, the last: {watch.last}", file=sys.stderr,
+          flush=True)
+    os._exit(3)  # the context would keep retrying its writes at exit; nothing else to clean up
+
+
 async def _ascale(alias: str, calls: int, n: int, mode: str, rate: float, url: str) -> dict[str, float]:
     from bench.apps.chain import producer_agent
     from brokeragents import MiniAgents
@@ -138,10 +171,16 @@ async def _ascale(alias: str, calls: int, n: int, mode: str, rate: float, url: s
                 tokens += 1
         return tokens, time.monotonic_ns() - started
 
+    watch = _ErrorWatch(ERROR_LIMIT)
+    logging.getLogger("brokeragents").addHandler(watch)
+    watchdog = asyncio.get_running_loop().create_task(_awatchdog(watch))
     async with MiniAgents(redis_url=url, remote_calls="always"):
+        cpu0 = _cpu_s()
         t0 = time.monotonic_ns()
         results = await asyncio.gather(*(one_call() for _ in range(calls)))
         t1 = time.monotonic_ns()
+        cpu_s = _cpu_s() - cpu0
+    watchdog.cancel()
     total = sum(tokens for tokens, _ in results)
     if total != calls * n:
         raise RuntimeError(f"received {total} tokens, expected {calls * n}")
@@ -154,6 +193,9 @@ async def _ascale(alias: str, calls: int, n: int, mode: str, rate: float, url: s
         "call_p50_ms": percentile(durations, 50) / 1e6,
         "call_p99_ms": percentile(durations, 99) / 1e6,
         "client_rss_mb": _client_peak_rss_mb(),
+        "caller_cpu_ms_per_call": cpu_s / calls * 1000,
+        "retried_errors": float(watch.count),  # failed Redis reads/writes the framework retried
+        "pool_exhausted_errors": float(watch.pool_exhausted),
     }
 
 

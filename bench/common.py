@@ -183,10 +183,22 @@ def run_baseline(script: str, args: list[str], *, url: str, n: int, runs: int = 
     return parse_results(run_child([PYTHON, script, *args], env=env, cwd=directory))
 
 
-def run_client(args: list[str], *, url: str | None = None) -> dict[str, dict[str, Any]]:
+def run_client(args: list[str], *, url: str | None = None,
+               timeout_s: float = CHILD_TIMEOUT_S) -> dict[str, dict[str, Any]]:
     """Run ``python -m bench.client ARGS`` (our side of a case); return its RESULT lines."""
     extra = ["--redis-url", url] if url else []
-    return parse_results(run_child([PYTHON, "-m", "bench.client", *args, *extra]))
+    return parse_results(run_child([PYTHON, "-m", "bench.client", *args, *extra], timeout_s=timeout_s))
+
+
+def error_summary(exc: BaseException) -> str:
+    """A one-line reason for a failed child: its last error-looking line, with how often it repeated."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line or "failed" in line or "Too many" in line]
+    if not errors:
+        return lines[0][:300] if lines else type(exc).__name__
+    last = errors[-1]
+    repeats = sum(1 for line in lines if line == last)
+    return last[:300] + (f" (x{repeats} in the output tail)" if repeats > 1 else "")
 
 
 # --- the server -----------------------------------------------------------------------------------

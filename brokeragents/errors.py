@@ -67,6 +67,14 @@ class CallFailedError(BrokerAgentsError):
     """Raised in a reply when a call was given up (it kept crashing workers, or was rejected)."""
 
 
+class IncompleteLLMResponseError(BrokerAgentsError, RuntimeError):
+    """Raised when an LLM response stream ends before the provider's end marker (or is cancelled)."""
+
+
+class FakeLLMError(BrokerAgentsError, RuntimeError):
+    """Raised by the fake LLM when told to fail (``fail_after_tokens``)."""
+
+
 class RemoteError(BrokerAgentsError):
     """Base of the exceptions rebuilt from error entries written by another process.
 
@@ -81,7 +89,9 @@ __all__ = (
     "AppenderNotOpenError",
     "BrokerAgentsError",
     "CallFailedError",
+    "FakeLLMError",
     "FunctionNotProvidedError",
+    "IncompleteLLMResponseError",
     "MessageTooLargeError",
     "NoActiveContextError",
     "PromisingContextError",

@@ -196,13 +196,23 @@ async def _aload_by_hash(store: StreamStore, hash_key: str) -> Message:
     key = store.keys.message(hash_key)
     for _entry_id, fields in await _axrange(store, key, min_id="-", count=16):
         if _kind(fields) == wire.KIND_MESSAGE:
-            return await _amessage_from(store, fields)
+            return await _amessage_from(store, fields, stored_under=hash_key)
     raise WireFormatError(f"The message {hash_key} is not in Redis (expired or never written).")
 
 
-async def _amessage_from(store: StreamStore, fields: wire.Fields) -> Message:
+def _hash_of(key: str) -> str | None:
+    """The hash key a message key is named after (``ba:msg:{<hash>}``), None for a random id."""
+    tag = key[key.find("{") + 1 : key.rfind("}")]
+    return tag if _HASH_RE.match(tag) else None
+
+
+async def _amessage_from(store: StreamStore, fields: wire.Fields, *, stored_under: str | None = None) -> Message:
+    """The message of a ``message`` entry; ``stored_under``: the hash key its stream is named after."""
     raw = wire.require_field(fields, "message", max_bytes=store.max_message_bytes)
     hash_key = wire.require_field(fields, "hash_key", max_bytes=64)
+    if stored_under is not None and hash_key != stored_under:
+        # Content-addressed: whatever is stored under a hash key must be that content.
+        raise WireFormatError(f"The message stored under the hash key {stored_under} records {hash_key}.")
     data = wire.load_json(raw, "message")
     return await wire.abuild_message(data, hash_key, lambda h: _aload_by_hash(store, h))
 
@@ -334,7 +344,7 @@ async def _aopen_message(
             known, message_class = _start_of(store, first)
             return RemoteMessagePromise(store, tail, known, message_class, None)
         if kind == wire.KIND_MESSAGE:
-            message = await _amessage_from(store, first)
+            message = await _amessage_from(store, first, stored_under=_hash_of(key))
             return RemoteMessagePromise(store, tail, message, type(message), message)
         raise WireFormatError(f"A message stream cannot start with an entry of kind {kind!r}.")
     except WireFormatError as exc:

@@ -86,7 +86,13 @@ def create_redis_client(url: str) -> Redis:
     if is_cluster_url(url):
         cluster = RedisCluster.from_url(_plain_url(url), max_connections=_CLUSTER_MAX_CONNECTIONS_PER_NODE, **options)
         return cast(Redis, cluster)
-    return Redis.from_url(_plain_url(url) if "cluster=" in url else url, **options)
+    # The same for one node: redis-py's asyncio pool raises MaxConnectionsError past
+    # max_connections (100 by default since redis-py 6) instead of waiting, and a process with
+    # more than 100 calls or readers in flight holds more than 100 connections in XREAD BLOCK.
+    # A max_connections=N in the URL's query still wins.
+    return Redis.from_url(
+        _plain_url(url) if "cluster=" in url else url, max_connections=_CLUSTER_MAX_CONNECTIONS_PER_NODE, **options
+    )
 
 
 class StreamStore:

@@ -79,7 +79,7 @@ def _openai_chunk(model: str, delta: dict[str, Any], finish_reason: str | None =
     )
 
 
-def openai_usage(prompt_tokens: int = 7, completion_tokens: int = 3) -> dict[str, int]:
+def openai_usage(prompt_tokens: int = 7, completion_tokens: int = 3) -> dict[str, Any]:
     total = prompt_tokens + completion_tokens
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
 

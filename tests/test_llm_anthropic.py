@@ -62,8 +62,8 @@ async def test_a_normal_stream_gives_tokens_then_a_complete_assistant_message(
         message = await promise
     assert type(message) is AssistantMessage
     assert (message.role, message.model, message.content) == ("assistant", "claude-fake", "You said: hi\n\nthere")
-    assert (message.stop_reason, message.stop_sequence, message.id) == ("end_turn", None, "msg_fake1")
-    assert message.usage == Frozen(input_tokens=11, output_tokens=5)  # message_start's input, the delta's output
+    assert (message["stop_reason"], message["stop_sequence"], message["id"]) == ("end_turn", None, "msg_fake1")
+    assert message["usage"] == Frozen(input_tokens=11, output_tokens=5)  # message_start's input, the delta's output
     body = server.requests[0].body
     assert server.requests[0].path == "/v1/messages"
     assert body["system"] == "Be brief."
@@ -90,7 +90,7 @@ async def test_without_streaming_the_whole_text_is_one_token(agent: MiniAgent, s
         promise = await the_reply(agent, "hi")
         assert [str(token) async for token in promise] == ["You said: hi"]
         message = await promise
-    assert (message.stop_reason, message.usage.output_tokens) == ("end_turn", 5)
+    assert (message["stop_reason"], message["usage"]["output_tokens"]) == ("end_turn", 5)
     assert server.requests[0].body["stream"] is False
 
 
@@ -118,7 +118,7 @@ async def test_a_429_is_retried_and_then_succeeds(agent: MiniAgent, server: Fake
     server.script(Reply(status=429, body=anthropic_error("Slow down", type_="rate_limit_error"), headers=FAST_RETRY))
     async with MiniAgents():
         replies = await agent.trigger("hi")
-    assert (str(replies[0]), replies[0].stop_reason) == ("You said: hi", "end_turn")
+    assert (str(replies[0]), replies[0]["stop_reason"]) == ("You said: hi", "end_turn")
     assert len(server.requests) == 2
 
 
@@ -205,8 +205,8 @@ async def test_tool_use_streams_its_input_json_and_lands_on_the_reply(
         (1, "toolu_1", "get_weather", '{"city"'),
         (1, "toolu_1", "get_weather", ': "Paris"}'),
     ]
-    assert (message.content, message.stop_reason) == ("Let me check.", "tool_use")
-    assert message.tool_calls == (Frozen(id="toolu_1", name="get_weather", arguments='{"city": "Paris"}'),)
+    assert (message["content"], message["stop_reason"]) == ("Let me check.", "tool_use")
+    assert message["tool_calls"] == (Frozen(id="toolu_1", name="get_weather", arguments='{"city": "Paris"}'),)
     assert server.requests[0].body["tools"] == tools
 
 
@@ -216,8 +216,8 @@ async def test_non_streamed_tool_use_lands_on_the_reply(agent: MiniAgent, server
     server.script(Reply(body=body))
     async with MiniAgents():
         replies = await agent.trigger("go", stream=False)
-    assert replies[0].content == "On it."
-    assert replies[0].tool_calls == (Frozen(id="toolu_2", name="f", arguments='{"a": [1, 2]}'),)
+    assert replies[0]["content"] == "On it."
+    assert replies[0]["tool_calls"] == (Frozen(id="toolu_2", name="f", arguments='{"a": [1, 2]}'),)
 
 
 async def test_tool_use_and_results_go_back_to_the_model_as_content_blocks() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from brokeragents.ext.llms.messages import AssistantMessage, UserMessage
 from brokeragents.worker import Worker, WorkerSettings
 from helpers import Backend, wait_until
 
-QUICK = {"token_delay_s": 0.0}
+QUICK: dict[str, Any] = {"token_delay_s": 0.0}
 
 
 async def test_it_echoes_the_last_user_message_in_word_sized_tokens() -> None:
@@ -30,8 +31,12 @@ async def test_it_echoes_the_last_user_message_in_word_sized_tokens() -> None:
         "assistant",
         "FAKE_LLM_AGENT",
     )
-    assert message.finish_reason == "stop"
-    assert (message.usage.prompt_tokens, message.usage.completion_tokens, message.usage.total_tokens) == (4, 5, 9)
+    assert message["finish_reason"] == "stop"
+    assert (
+        message["usage"]["prompt_tokens"],
+        message["usage"]["completion_tokens"],
+        message["usage"]["total_tokens"],
+    ) == (4, 5, 9)
 
 
 def test_tokens_join_back_into_the_exact_text() -> None:
@@ -100,7 +105,7 @@ async def test_response_metadata_is_known_beforehand() -> None:
     async with MiniAgents():
         promises = [p async for p in FakeLLMAgent.trigger("x", response_metadata={"not_for_user": True}, **QUICK)]
         assert promises[0].known_beforehand["not_for_user"] is True
-        assert (await promises[0]).not_for_user is True
+        assert (await promises[0])["not_for_user"] is True
 
 
 @pytest.fixture
@@ -130,7 +135,7 @@ async def test_a_worker_streams_the_tokens_to_the_caller_as_they_come(worker: Wo
     # Delivered as produced, 0.1 s apart, not all at once when the message is complete.
     assert arrivals[-1][0] - arrivals[0][0] >= 0.3
     assert type(message) is AssistantMessage
-    assert (message.finish_reason, message.agent_alias, message.model) == ("stop", "FAKE_LLM_AGENT", "fake-llm")
+    assert (message["finish_reason"], message.agent_alias, message.model) == ("stop", "FAKE_LLM_AGENT", "fake-llm")
     await wait_until(lambda: worker.calls_served == 1, what="the call to be acknowledged")
 
 

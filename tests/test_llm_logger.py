@@ -18,7 +18,7 @@ from brokeragents.ext.llms.openai import OpenAIAgent
 from fake_llm_servers import FakeOpenAIServer, Reply, openai_stream
 from helpers import wait_until
 
-QUICK = {"token_delay_s": 0.0}
+QUICK: dict[str, Any] = {"token_delay_s": 0.0}
 EXPECTED_LOG = """\
 FAKE_LLM_AGENT
 

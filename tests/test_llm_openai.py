@@ -92,9 +92,9 @@ async def test_a_normal_stream_gives_tokens_then_a_complete_assistant_message(
     assert type(message) is AssistantMessage
     assert message.content == "You said: there"
     assert (message.role, message.model, message.agent_alias) == ("assistant", "gpt-fake", "OPENAI_AGENT")
-    assert message.finish_reason == "stop"
-    assert message.usage == Frozen(**openai_usage())
-    assert message.id == "chatcmpl-fake1"
+    assert message["finish_reason"] == "stop"
+    assert message["usage"] == Frozen(**openai_usage())
+    assert message["id"] == "chatcmpl-fake1"
     body = server.requests[0].body
     assert body["messages"] == [
         {"role": "system", "content": "Be brief."},  # first, unlike MiniAgents 0.0.35
@@ -125,7 +125,7 @@ async def test_without_streaming_the_whole_text_is_one_token(agent: MiniAgent, s
         promise = await the_reply(agent, "hi")
         assert [str(token) async for token in promise] == ["You said: hi"]
         message = await promise
-    assert (message.finish_reason, message.usage.total_tokens) == ("stop", 10)
+    assert (message["finish_reason"], message["usage"]["total_tokens"]) == ("stop", 10)
     assert server.requests[0].body["stream"] is False
     assert "stream_options" not in server.requests[0].body
 
@@ -154,7 +154,7 @@ async def test_a_429_is_retried_and_then_succeeds(agent: MiniAgent, server: Fake
     async with MiniAgents():
         replies = await agent.trigger("hi")
     assert str(replies[0]) == "You said: hi"
-    assert replies[0].finish_reason == "stop"
+    assert replies[0]["finish_reason"] == "stop"
     assert len(server.requests) == 2
 
 
@@ -269,9 +269,9 @@ async def test_tool_calls_stream_their_arguments_and_land_on_the_reply(
         (1, "call_2", "get_time", ""),
         (1, "call_2", "get_time", "{}"),
     ]
-    assert message.content == "Checking."  # argument fragments are not text
-    assert message.finish_reason == "tool_calls"
-    assert message.tool_calls == (
+    assert message["content"] == "Checking."  # argument fragments are not text
+    assert message["finish_reason"] == "tool_calls"
+    assert message["tool_calls"] == (
         Frozen(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
         Frozen(id="call_2", name="get_time", arguments="{}"),
     )
@@ -330,8 +330,8 @@ async def test_non_streamed_tool_calls_land_on_the_reply(agent: MiniAgent, serve
     server.script(Reply(body=completion))
     async with MiniAgents():
         replies = await agent.trigger("go", stream=False)
-    assert replies[0].tool_calls == (Frozen(id="c1", name="f", arguments='{"a": 1}'),)
-    assert replies[0].content == ""
+    assert replies[0]["tool_calls"] == (Frozen(id="c1", name="f", arguments='{"a": 1}'),)
+    assert replies[0]["content"] == ""
 
 
 async def test_system_messages_in_the_input_keep_their_place() -> None:
@@ -346,7 +346,7 @@ async def test_response_metadata_is_known_beforehand_and_kept(agent: MiniAgent) 
         promise = await the_reply(agent, "hi", response_metadata={"not_for_user": True})
         assert promise.known_beforehand["not_for_user"] is True
         message = await promise
-    assert message.not_for_user is True
+    assert message["not_for_user"] is True
 
 
 @pytest.mark.parametrize("batch_mode", [False, True], ids=["joined", "batch"])
@@ -361,8 +361,8 @@ async def test_the_embedding_agent_embeds_the_input(
     expected_inputs = ["a", "bb"] if batch_mode else ["a\n\nbb"]
     assert server.requests[0].body["input"] == expected_inputs
     assert [type(reply) for reply in replies] == [EmbeddingMessage] * len(expected_inputs)
-    assert [reply.embedding for reply in replies] == [(float(i), 0.5, -1.0) for i in range(len(expected_inputs))]
-    assert all(reply.k == 1 for reply in replies)
+    assert [reply["embedding"] for reply in replies] == [(float(i), 0.5, -1.0) for i in range(len(expected_inputs))]
+    assert all(reply["k"] == 1 for reply in replies)
 
 
 def test_the_request_body_is_plain_json() -> None:
@@ -413,7 +413,11 @@ async def test_tokens_stream_from_a_worker_process_to_the_caller_as_they_arrive(
         assert [str(token) async for token in tokens] == ["second"]
         message = await promise
         assert type(message) is AssistantMessage
-        assert (message.content, message.finish_reason, message.usage.total_tokens) == ("first second", "stop", 10)
+        assert (message["content"], message["finish_reason"], message["usage"]["total_tokens"]) == (
+            "first second",
+            "stop",
+            10,
+        )
 
         broken = await the_reply(OpenAIAgent, "hi", model="gpt-fake")
         assert await tokens_and_outcome(broken) == (["Hel", "lo "], "APIConnectionError")
@@ -421,5 +425,5 @@ async def test_tokens_stream_from_a_worker_process_to_the_caller_as_they_arrive(
         calling = await the_reply(OpenAIAgent, "hi", model="gpt-fake")
         fragments = [token.arguments_delta async for token in calling if isinstance(token, ToolCallToken)]
         assert fragments == ["", '{"a"', ": 1}"]
-        assert (await calling).tool_calls == (Frozen(id="call_9", name="f", arguments='{"a": 1}'),)
+        assert (await calling)["tool_calls"] == (Frozen(id="call_9", name="f", arguments='{"a": 1}'),)
     assert server.requests[0].headers["authorization"] == "Bearer sk-worker"

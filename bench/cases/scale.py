@@ -18,12 +18,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import Summary, Workers, peak_rss_mb, reset_peak_rss, run_client
+from bench.common import (
+    ChildFailedError,
+    Summary,
+    Workers,
+    cpu_seconds,
+    error_summary,
+    peak_rss_mb,
+    reset_peak_rss,
+    run_client,
+)
 from bench.harness import Context, Row, interleaved, summary
 
 CONCURRENCY = 10
+CALL_TIMEOUT_S = 120.0  # one scale run; 1000 calls on 1 worker take ~10 s on an idle machine
 CPU_CALLS, CPU_N = 10, 2000
-METRICS = ("calls_s", "tok_s", "call_p50_ms", "call_p99_ms", "worker_rss_mb", "client_rss_mb")
+METRICS = ("calls_s", "tok_s", "call_p50_ms", "call_p99_ms", "worker_rss_mb", "client_rss_mb",
+           "caller_cpu_ms_per_call", "worker_cpu_ms_per_call", "redis_cpu_ms_per_call", "retried_errors",
+           "pool_exhausted_errors")
 
 
 @dataclass(frozen=True)
@@ -35,12 +47,24 @@ class Plan:
     cpu: bool
 
 
-def _variant(ctx: Context, pids: list[int], size: int, calls: int, mode: str, n: int, rate: float) -> Any:
+def _variant(ctx: Context, pids: list[int], size: int, calls: int, mode: str, n: int, rate: float,
+             failures: dict[Any, str]) -> Any:
+    """One run; a level that failed once (e.g. 1000 calls) is skipped afterwards, for every size."""
+
     def one() -> dict[str, Any]:
+        if (mode, calls) in failures:
+            return {"error": failures[mode, calls]}
         resettable = all(reset_peak_rss(pid) for pid in pids)
-        res = run_client(["scale", "--alias", f"SCALE_W{size}_AGENT", "--calls", str(calls), "--n", str(n),
-                          "--mode", mode, "--rate", f"{rate:g}"], url=ctx.url)
+        cpu0 = sum(cpu_seconds(pid) for pid in pids), cpu_seconds(ctx.server.pid or 0)
+        try:
+            res = run_client(["scale", "--alias", f"SCALE_W{size}_AGENT", "--calls", str(calls), "--n", str(n),
+                              "--mode", mode, "--rate", f"{rate:g}"], url=ctx.url, timeout_s=CALL_TIMEOUT_S)
+        except ChildFailedError as exc:
+            failures[mode, calls] = f"{size} worker(s), {calls} calls: {error_summary(exc)}"
+            return {"error": failures[mode, calls], "worker_rss_mb": max(peak_rss_mb(pid) for pid in pids)}
         out = dict(next(iter(res.values())))
+        out["worker_cpu_ms_per_call"] = (sum(cpu_seconds(pid) for pid in pids) - cpu0[0]) / calls * 1000
+        out["redis_cpu_ms_per_call"] = (cpu_seconds(ctx.server.pid or 0) - cpu0[1]) / calls * 1000
         out["worker_rss_mb"] = max(peak_rss_mb(pid) for pid in pids)
         out["rss_reset"] = float(resettable)
         return out
@@ -48,7 +72,7 @@ def _variant(ctx: Context, pids: list[int], size: int, calls: int, mode: str, n:
     return one
 
 
-def _measure(ctx: Context, plan: Plan) -> dict[str, list[dict[str, Any]]]:
+def _measure(ctx: Context, plan: Plan, failures: dict[Any, str]) -> dict[str, list[dict[str, Any]]]:
     with Workers(ctx.url) as workers:
         pids: dict[int, list[int]] = {}
         for size in plan.sizes:
@@ -56,10 +80,10 @@ def _measure(ctx: Context, plan: Plan) -> dict[str, list[dict[str, Any]]]:
                                         concurrency=CONCURRENCY).pid for i in range(size)]
         for size in plan.sizes:
             workers.wait_served([f"SCALE_W{size}_AGENT"], min_workers=size)
-        variants = {f"w{size}_c{calls}": _variant(ctx, pids[size], size, calls, "paced", plan.n, plan.rate)
+        variants = {f"w{size}_c{calls}": _variant(ctx, pids[size], size, calls, "paced", plan.n, plan.rate, failures)
                     for calls in plan.levels for size in plan.sizes}
         if plan.cpu:
-            variants.update({f"cpu_w{size}": _variant(ctx, pids[size], size, CPU_CALLS, "sleep0", CPU_N, 0)
+            variants.update({f"cpu_w{size}": _variant(ctx, pids[size], size, CPU_CALLS, "sleep0", CPU_N, 0, failures)
                              for size in (1, 2)})
         return interleaved(ctx.settings.runs, variants)
 
@@ -69,7 +93,10 @@ def run(ctx: Context) -> None:
         plan = Plan(sizes=(1, 2), levels=(1, 10, 100), n=20, rate=500.0, cpu=False)
     else:
         plan = Plan(sizes=(1, 2, 4), levels=(1, 10, 100, 1000), n=50, rate=500.0, cpu=True)
-    res = _measure(ctx, plan)
+    failures: dict[Any, str] = {}
+    res = _measure(ctx, plan, failures)
+    for reason in failures.values():
+        ctx.note("e", f"FAILED (did not complete within {CALL_TIMEOUT_S:g} s; the level was not retried): {reason}")
     matrix: dict[tuple[int, int], dict[str, Summary]] = {
         (size, calls): {k: summary(res[f"w{size}_c{calls}"], k) for k in METRICS}
         for calls in plan.levels for size in plan.sizes
@@ -81,10 +108,13 @@ def run(ctx: Context) -> None:
         if 4 in plan.sizes:
             ctx.add(Row(f"e.w4_vs_w1.c{calls}", "e", f"{calls} concurrent calls, 4 workers vs 1", " calls/s",
                         matrix[4, calls]["calls_s"], matrix[1, calls]["calls_s"], "1 worker"))
+    top_failed = ("paced", top) in failures
     for size in plan.sizes:
+        # Bounded memory only counts if the calls completed.
+        rss = Summary.of([]) if top_failed else matrix[size, top]["worker_rss_mb"]
         ctx.add(Row(f"e.rss.w{size}", "e", f"worker peak RSS, {top} vs 10 concurrent calls, {size} worker(s)",
-                    " MiB", matrix[size, top]["worker_rss_mb"], matrix[size, 10]["worker_rss_mb"],
-                    "10 calls", higher_is_better=False, target_ratio=2.0))
+                    " MiB", rss, matrix[size, 10]["worker_rss_mb"], "10 calls", higher_is_better=False,
+                    target_ratio=2.0, note="did not complete" if top_failed else ""))
     if plan.cpu:
         ctx.add(Row("e.cpu.w2_vs_w1", "e", f"CPU-bound: {CPU_CALLS} calls x {CPU_N} tokens flat out, 2 workers vs 1",
                     " tok/s", summary(res["cpu_w2"], "tok_s"), summary(res["cpu_w1"], "tok_s"), "1 worker"))
@@ -93,4 +123,17 @@ def run(ctx: Context) -> None:
     ctx.note("e", f"workload: each call streams {plan.n} tokens at {plan.rate:g} tok/s "
                   f"({1000 * plan.n / plan.rate:g} ms) from a worker with --concurrency {CONCURRENCY}; "
                   "one caller process makes all the calls at once.")
+    retried = {key: m for key, m in matrix.items() if m["retried_errors"].high > 0}
+    if retried:
+        ctx.note("e", "the caller logged failed Redis reads/writes, which the framework retried (median, of "
+                      "which 'Too many connections', i.e. redis-py's pool at its max_connections=100 while "
+                      "every tailed stream holds a connection in XREAD BLOCK): "
+                      + "; ".join(f"{size} worker(s) x {calls} calls: {m['retried_errors'].fmt()} "
+                                  f"({m['pool_exhausted_errors'].fmt()})"
+                                  for (size, calls), m in sorted(retried.items())) + ".")
+    if (1, 100) in matrix:
+        m = matrix[1, 100]
+        ctx.note("e", f"CPU per call at 100 calls, 1 worker: caller {m['caller_cpu_ms_per_call'].fmt(' ms')}, "
+                      f"worker {m['worker_cpu_ms_per_call'].fmt(' ms')}, Redis {m['redis_cpu_ms_per_call'].fmt(' ms')} "
+                      f"({plan.n} tokens per call).")
     ctx.plots["e"] = {"sizes": plan.sizes, "levels": plan.levels, "matrix": matrix}

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from brokeragents.agents import MiniAgent
 from brokeragents.calls import InteractionContext
-from brokeragents.errors import BrokerAgentsError
+from brokeragents.errors import IncompleteLLMResponseError
 from brokeragents.ext.llms.messages import AssistantMessage, LLMMessage
 from brokeragents.frozen import Frozen
 from brokeragents.message_promise import MessagePromise, MessageTokenAppender
@@ -32,10 +32,6 @@ from brokeragents.messages import Message
 from brokeragents.runtime import MiniAgents
 
 MessageDict = dict[str, Any]
-
-
-class IncompleteLLMResponseError(BrokerAgentsError, RuntimeError):
-    """Raised when a response stream ends before the provider's end marker (or is cancelled)."""
 
 
 def thaw(value: Any) -> Any:

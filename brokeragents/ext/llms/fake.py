@@ -21,7 +21,7 @@ import asyncio
 import re
 
 from brokeragents.agents import MiniAgent, miniagent
-from brokeragents.errors import BrokerAgentsError
+from brokeragents.errors import FakeLLMError
 from brokeragents.ext.llms.base import LLMAgent, MessageDict, aprepare_chat_dicts
 from brokeragents.message_promise import MessageTokenAppender
 
@@ -29,10 +29,6 @@ from brokeragents.message_promise import MessageTokenAppender
 # the tokens gives the text back exactly.
 _TOKEN = re.compile(r"\s*\S+|\s+")
 DEFAULT_TOKEN_DELAY_S = 0.02
-
-
-class FakeLLMError(BrokerAgentsError, RuntimeError):
-    """Raised by the fake LLM when told to fail (``fail_after_tokens``)."""
 
 
 def split_into_tokens(text: str) -> list[str]:
