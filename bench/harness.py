@@ -26,6 +26,7 @@ class Row:
     target_ratio: float | None = None  # ours/baseline must be >= (or <=) this
     target_value: float | None = None  # ours must be >= (or <=) this, in `unit`
     note: str = ""
+    void: str = ""  # why the comparison is not meaningful in this run (the target is then not judged)
 
     @property
     def ratio(self) -> float | None:
@@ -44,6 +45,8 @@ class Row:
 
     @property
     def met(self) -> bool | None:
+        if self.void:
+            return None
         if self.target_ratio is not None:
             value, limit = self.ratio, self.target_ratio
         elif self.target_value is not None:
@@ -56,6 +59,8 @@ class Row:
 
     @property
     def met_text(self) -> str:
+        if self.void and self.target:
+            return "void"
         return {True: "yes", False: "NO", None: "-"}[self.met]
 
     @property

@@ -97,11 +97,16 @@ def write_markdown(ctx: Context, out_dir: Path, meta: dict[str, Any], plots: lis
     ]
     for row in ctx.rows:
         note = f" ({row.note})" if row.note else ""
+        if row.void:
+            note += " (void: see the case's notes)"
         lines.append(f"| {row.case} | {row.what}{note} | {row.ours.fmt(row.unit)} | {_baseline_cell(row)} | "
                      f"{row.ratio_text} | {row.target} | {row.met_text} |")
     missed = [row for row in ctx.rows if row.met is False]
+    void = [row for row in ctx.rows if row.void and row.target]
     lines += ["", f"Targets: {sum(1 for r in ctx.rows if r.met)} met, {len(missed)} missed"
-              + (": " + ", ".join(f"`{r.id}`" for r in missed) if missed else "") + "."]
+              + (": " + ", ".join(f"`{r.id}`" for r in missed) if missed else "")
+              + (f"; {len(void)} void (not measurable in this run): " + ", ".join(f"`{r.id}`" for r in void)
+                 if void else "") + "."]
     if ctx.failures:
         lines += ["", "## Failed cases", ""]
         lines += [f"- ({case}) `{error}`" for case, error in ctx.failures.items()]

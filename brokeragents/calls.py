@@ -288,7 +288,9 @@ class AgentCall:
             store.store_message(node)
             finished = field_name == "reply_node"
             fields = {field_name: node.hash_key}
-            if finished:
+            if finished and self._input is not None:
+                # A served call (no local input) is marked done by its worker, once it knows it
+                # still owns the call: an attempt fenced off by a takeover must not mark it done.
                 fields["state"] = "done"
             store.write_hash(store.keys.call(self.call_id), fields, finished=finished)
 

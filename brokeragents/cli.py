@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging.config
 import os
 import sys
@@ -100,11 +101,22 @@ def worker(
 @click.option("--timeout-s", type=float, default=30.0, show_default=True,
               help="How long to wait for a worker serving ALIAS.")
 @click.option("--key-prefix", default="ba", show_default=True, help="Prefix of every Redis key.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first, so the message classes it defines can be read back.")
 def call(
-    alias: str, messages: tuple[str, ...], as_json: bool, redis_url: str | None, timeout_s: float, key_prefix: str
+    alias: str,
+    messages: tuple[str, ...],
+    as_json: bool,
+    redis_url: str | None,
+    timeout_s: float,
+    key_prefix: str,
+    imports: tuple[str, ...],
 ) -> None:
     """Trigger the agent ALIAS served by workers and print its reply tokens as they arrive."""
     _configure_logging(False, level="WARNING")
+    sys.path.insert(0, os.getcwd())
+    for module in imports:
+        importlib.import_module(module)
     code = asyncio.run(
         commands.acall(
             alias,

@@ -99,6 +99,9 @@ async def acall(
     err: TextIO = sys.stderr,
 ) -> int:
     """Trigger ``alias`` on the workers and print its reply; return the exit code."""
+    # Replies are rebuilt only from registered message classes: the bundled ones (LLM replies,
+    # tool calls) are registered by importing them; `call --import MODULE` adds the user's own.
+    importlib.import_module("brokeragents.ext")
     async with MiniAgents(redis_url=redis_url, remote_calls="always", key_prefix=key_prefix) as mini_agents:
         if not await _await_worker(mini_agents, alias, timeout_s):
             err.write(

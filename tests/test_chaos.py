@@ -4,7 +4,8 @@
 processes (``tests/chaos_apps/chaos_agents.py``: CHAOS_A calls CHAOS_B, which calls CHAOS_C),
 while workers are SIGKILLed and SIGTERMed at random moments and respawned (under the same name,
 as Heroku restarts a dyno, or under a new one), and the Redis server (our own, AOF with
-``appendfsync always``, so no acknowledged write is lost) is restarted once half-way.
+``appendfsync always``, so no acknowledged write is lost) is killed with SIGKILL and restarted
+once half-way.
 
 Afterwards every call has exactly one complete, correct reply (its content follows from its
 input), no live consumer saw a token duplicated or mixed, no call is lost, every call hash is
@@ -14,6 +15,16 @@ The chaos is random (seeded: ``CHAOS_SEED``) in when it strikes and whom, with o
 the test about takeover rather than about the poison-call budget (tested in
 ``test_worker_crash.py``): a worker is only signalled while every call it holds was delivered
 once, so no call is hit twice and none reaches ``max_deliveries``.
+
+It prints one line, ``CHAOS calls=N kills=K terms=T takeovers=X restarts=R failures=F``
+(takeovers: call hashes with ``attempt`` > 1).
+
+The chaos found that the retry of an inner call (B or C) cuts the outer reply: awaiting it drops
+everything before the inner call's restart marker, and the inner call's new attempt never reaches
+it. Until that is fixed, the test expects that failure (strict ``xfail`` on exactly that kind of
+failure: any other one fails the test), and so does the focused
+``test_a_retried_inner_call_keeps_the_outer_reply``. The last test pins another bug it led to
+(fixed): an attempt fenced off by a takeover marked the call done.
 """
 
 from __future__ import annotations
@@ -38,7 +49,9 @@ from brokeragents.errors import ReplyRestartedError
 from helpers import wait_until
 from worker_fixtures import Cluster, WorkerProc, acluster
 
-pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
+pytest_plugins = ("worker_fixtures",)
+
+pytestmark = pytest.mark.real_redis
 
 APPS_DIR = Path(__file__).parent / "chaos_apps"
 CALLS = int(os.environ.get("CHAOS_CALLS", "300"))
@@ -87,6 +100,7 @@ class Piece:
     kind: str  # "message" (whole), "cut" (its stream ended with an error) or "restart"
     tokens: list[str] = field(default_factory=list)
     error: str = ""
+    abandoned: int | None = None  # of a restart: None drops all before it, else that many pieces
 
     @property
     def tier(self) -> str:
@@ -133,9 +147,19 @@ class Outcome:
             if tier in seen_since_restart:
                 yield f"two {tier} messages without a restart between them"
             seen_since_restart.add(tier)
-        whole = [piece for piece in self.live if piece.kind == "message"]
-        if [piece.tier for piece in whole[-len(TIERS) :]] != list(TIERS):
-            yield f"the live view does not end with whole a, b, c messages: {self.live}"
+        # What a live consumer keeps, dropping what each restart marker says was abandoned.
+        kept: list[Piece] = []
+        for piece in self.live:
+            if piece.kind != "restart":
+                kept.append(piece)
+            elif piece.abandoned is None:
+                kept.clear()
+            else:
+                del kept[max(0, len(kept) - piece.abandoned) :]
+        if [(piece.kind, "".join(piece.tokens)) for piece in kept] != [
+            ("message", text) for text in expected_reply(self.number)
+        ]:
+            yield f"the live view, restarts applied, is not the whole a, b, c messages: {self.live}"
 
     def saw_nested_restart(self) -> bool:
         """A restart marker followed by a piece of an inner call (or by nothing): B or C was retried."""
@@ -155,8 +179,8 @@ async def consume_live(reply: Any) -> list[Piece]:
             message_promise = await iterator.__anext__()
         except StopAsyncIteration:
             return pieces
-        except ReplyRestartedError:
-            pieces.append(Piece("restart"))
+        except ReplyRestartedError as exc:
+            pieces.append(Piece("restart", abandoned=getattr(exc, "abandoned", None)))
             continue
         piece = Piece("message")
         try:
@@ -239,10 +263,13 @@ class Chaos:
             await self.astrike()
 
     def restart_redis(self) -> None:
+        """Crash the server (SIGKILL: only fsynced writes survive), then start it again."""
         started = time.monotonic()
-        self.server.restart()  # SIGTERM (the AOF is fsynced), then the same port and directory
+        assert self.server.pid is not None
+        os.kill(self.server.pid, signal.SIGKILL)
+        self.server.restart()  # the same port and directory: the AOF is loaded again
         self.restarts += 1
-        self.log.append(f"redis restarted in {time.monotonic() - started:.2f} s")
+        self.log.append(f"redis killed and restarted in {time.monotonic() - started:.2f} s")
 
     async def astrike(self) -> None:
         candidates = [slot for slot in self.slots if slot.proc.is_running() and not slot.signalled]
@@ -297,10 +324,13 @@ class Chaos:
 
 async def all_settled(cluster: Cluster) -> bool:
     """No inbox holds an entry (pending or not yet read)."""
-    for tier in TIERS:
-        inbox = cluster.keys.agent_inbox(alias_of(tier))
-        if await cluster.redis.xlen(inbox) or (await cluster.redis.xpending(inbox, "workers"))["pending"]:
-            return False
+    try:
+        for tier in TIERS:
+            inbox = cluster.keys.agent_inbox(alias_of(tier))
+            if await cluster.redis.xlen(inbox) or (await cluster.redis.xpending(inbox, "workers"))["pending"]:
+                return False
+    except (RedisError, OSError):
+        return False  # our own connection, broken by the Redis restart, reconnects on the next try
     return True
 
 
@@ -330,6 +360,7 @@ class KnownNestedRestartBug(AssertionError):
     """The only failures are calls whose inner call (B or C) was retried: see the report of issue 8."""
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(
     raises=KnownNestedRestartBug,
@@ -407,3 +438,40 @@ async def _arun_chaos(cluster: Cluster, server: EmbeddedServer) -> None:
     assert not unexplained, f"{len(unexplained)} call(s) with a wrong reply: {unexplained}"
     if failed:
         raise KnownNestedRestartBug(f"{len(failed)} call(s) lost content to a retried inner call")
+
+
+@pytest.mark.parametrize("kill_at", ["mid", "after_last"])
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a retried inner call cuts the outer reply (the bug test_chaos_under_load finds; issue 8 report)",
+)
+async def test_a_retried_inner_call_keeps_the_outer_reply(cluster: Cluster, kill_at: str) -> None:
+    """OUTER replies one message, then STREAMER's reply; STREAMER's first worker dies mid-reply."""
+    await cluster.aworker("nesting:outer", cwd=APPS_DIR)
+    await cluster.aworkers(2, "control:streamer")
+    full = "".join(f"tok{index} " for index in range(6))
+    async with cluster.mini_agents(remote_calls="always"):
+        reply = MiniAgent(alias="OUTER").trigger(kill_at=kill_at)
+        live = await asyncio.wait_for(consume_live(reply), CALL_TIMEOUT_S)
+        final = [str(message) for message in await reply]
+    assert [piece.kind for piece in live][-2:] == ["restart", "message"], live  # the new attempt follows
+    assert final == ["outer first", full], live
+
+
+async def test_an_attempt_fenced_off_by_a_takeover_never_marks_the_call_done(cluster: Cluster) -> None:
+    """A worker presumed dead (but alive) finishes its attempt after another worker took the call
+    over and died in turn: the call must not look done, or the next takeover would acknowledge it
+    without serving it, and its caller would wait forever."""
+    await cluster.aworker("control:streamer")
+    async with cluster.mini_agents(remote_calls="always"):
+        call = MiniAgent(alias="STREAMER").initiate_call(tokens=4, gate="gate")
+        reply = call.reply_sequence()
+        await wait_until(lambda: cluster.redis.llen(cluster.key("started")), 20, "the first attempt to start")
+        # What a worker taking the call over does first (then it dies): attempt 2, a restart entry.
+        await cluster.redis.hincrby(cluster.keys.call(call.call_id), "attempt", 1)
+        await cluster.redis.xadd(cluster.keys.call_reply(call.call_id), {"kind": "restart", "a": "2"})
+        await cluster.redis.rpush(cluster.key("gate"), "attempt 1 goes on", "attempt 3 goes on")
+        final = await asyncio.wait_for(reply, CALL_TIMEOUT_S)
+    assert [str(message) for message in final] == ["tok0 tok1 tok2 tok3 "]
+    assert (await cluster.acall_hash(call.call_id))["attempt"] == "3"  # served again, not skipped

@@ -126,3 +126,35 @@ async def _xlen_is(cluster: Cluster, key: str, length: int) -> bool:
 
 async def _running_is(cluster: Cluster, count: int) -> bool:
     return int(await cluster.redis.get(cluster.key("running")) or 0) == count
+
+
+async def test_reads_stay_bounded_with_several_agents_in_one_worker(cluster: Cluster) -> None:
+    """Each inbox it blocks on costs a slot, never more: pending entries <= concurrency overall."""
+    async with cluster.mini_agents():
+        blocked = [MiniAgent(alias="BLOCKER").trigger() for _ in range(4)]
+        echoed = [MiniAgent(alias="ECHO").trigger(str(index)) for index in range(4)]
+        await wait_until(lambda: _xlen_is(cluster, cluster.keys.agent_inbox("ECHO"), 4), 10, "queued calls")
+        worker = await cluster.aworker("control:blocker", "echo_app:echo", concurrency=2)
+        samples: list[int] = []
+        stop = asyncio.Event()
+
+        async def sample_pending() -> None:
+            while not stop.is_set():
+                per_agent = [await cluster.apending(alias) for alias in ("BLOCKER", "ECHO")]
+                samples.append(sum(pending.get(worker.name, 0) for pending in per_agent))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.005)
+
+        sampler = asyncio.create_task(sample_pending())
+        try:
+            await wait_until(lambda: _running_is(cluster, 2), 20, "two blocker calls running")
+            await cluster.redis.rpush(cluster.key("gate"), *["go"] * 4)
+            echo_texts = [[str(m) for m in await reply] for reply in echoed]
+            blocker_texts = [[str(m) for m in await reply] for reply in blocked]
+        finally:
+            stop.set()
+            await sampler
+    assert echo_texts == [[f"echo: {index}"] for index in range(4)]
+    assert blocker_texts == [[f"pid={worker.pid}"]] * 4
+    assert max(samples) == 2, samples
+    assert await cluster.redis.zscore(cluster.key("max_running"), "max") == 2

@@ -1,0 +1,1 @@
+"""A research pipeline whose four agents run in four worker processes (see the root Procfile)."""

@@ -1,0 +1,1 @@
+"""Agents that work on this repository itself: an explainer and a README reviewer."""
