@@ -1,7 +1,8 @@
 """``python -m bench``: run the benchmark cases against the baselines; write the results.
 
 Full mode (default): every case, N=20000 tokens flat out, 3000 paced at 1000 tok/s, 5 rounds,
-about 10-15 minutes; writes ``bench/results/latest.md`` and PNG plots. ``--quick``: small N, one
+10-15 minutes on an idle 2-core machine (20 on a busy one); writes ``bench/results/latest.md``,
+``latest.json`` and PNG plots. ``--quick``: small N, one
 round, a subset of cases (well under 2 minutes), written to ``bench/results/quick/``.
 """
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     meta = {
-        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "duration_s": time.monotonic() - started,
         "machine": meta_machine,
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     report.print_table(ctx)
     plots = [] if args.no_plots else report.write_plots(ctx, out_dir)
     path = report.write_markdown(ctx, out_dir, meta, plots)
+    report.write_json(ctx, out_dir, meta)
     log(f"wrote {path}" + (f" and {', '.join(plots)}" if plots else "") + f" in {meta['duration_s']:.0f} s")
     return 1 if ctx.failures else 0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -122,6 +124,20 @@ def write_markdown(ctx: Context, out_dir: Path, meta: dict[str, Any], plots: lis
         lines += [f"![{name}]({name})" for name in plots]
     path = out_dir / "latest.md"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_json(ctx: Context, out_dir: Path, meta: dict[str, Any]) -> Path:
+    """Every row (medians, spreads, ratio, target) and note, for comparing runs by script."""
+    rows = []
+    for row in ctx.rows:
+        item = dataclasses.asdict(row)
+        item.update(ratio=row.ratio, target=row.target, met=row.met)
+        rows.append(item)
+    data = {"meta": meta, "settings": dataclasses.asdict(ctx.settings), "rows": rows, "notes": ctx.notes,
+            "failures": ctx.failures}
+    path = out_dir / "latest.json"
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     return path
 
 
