@@ -11,6 +11,7 @@ and a worker restarted under the same --name takes its own pending call back at 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -32,6 +33,11 @@ FULL = "".join(f"tok{index} " for index in range(TOKENS))
 TAKEOVER_LIMIT_S = WORKER_TIMEOUT_S * 3 + 5
 # What a live consumer saw of the message that was streaming when its worker died.
 CUT_AT = {"before_first": None, "mid": "tok0 tok1 tok2 ", "after_last": FULL}
+
+
+async def within(awaitable: Any, timeout_s: float = 60.0) -> Any:
+    """Await ``awaitable``, failing the test instead of hanging if a regression loses the reply."""
+    return await asyncio.wait_for(asyncio.ensure_future(awaitable), timeout_s)
 
 
 async def consume_live(reply: Any) -> list[tuple[str, str]]:
@@ -89,8 +95,8 @@ async def test_a_running_worker_takes_over_a_killed_workers_call(cluster: Cluste
     async with cluster.mini_agents():
         call = MiniAgent(alias="STREAMER").initiate_call(tokens=TOKENS, kill_at=kill_at)
         reply = call.reply_sequence()
-        live_view = await consume_live(reply)
-        final = await reply
+        live_view = await within(consume_live(reply))
+        final = await within(reply)
         runs = await started(cluster)
     assert final == (TextMessage(FULL),)
     assert live_view == expected_live_view(kill_at)
@@ -107,8 +113,8 @@ async def test_killed_before_the_acknowledgement_the_reply_is_not_produced_again
     async with cluster.mini_agents():
         call = MiniAgent(alias="STREAMER").initiate_call(tokens=TOKENS)
         reply = call.reply_sequence()
-        live_view = await consume_live(reply)
-        final = await reply
+        live_view = await within(consume_live(reply))
+        final = await within(reply)
     assert final == (TextMessage(FULL),)
     assert live_view == [("message", FULL)]  # complete before the kill: no restart to see
     runs = await started(cluster)
@@ -131,7 +137,7 @@ async def test_a_worker_started_later_takes_over(cluster: Cluster) -> None:
         assert await first.await_exit() == -signal.SIGKILL
         killed_at = time.monotonic()
         second = await cluster.aworker("control:streamer")
-        final = await reply
+        final = await within(reply)
         took_over_after_s = time.monotonic() - killed_at
         live_view = await consume_live(reply)  # a replay now shows what a live consumer saw
     print(f"taken over by a worker started later {took_over_after_s:.2f} s after the kill")
@@ -153,7 +159,7 @@ async def test_takeover_happens_after_the_worker_timeout(cluster: Cluster) -> No
         killed_at = time.monotonic()
         await wait_until(lambda: _runs_are(cluster, 2), TAKEOVER_LIMIT_S, "the takeover")
         took_over_after_s = time.monotonic() - killed_at
-        assert await reply == (TextMessage(FULL),)
+        assert await within(reply) == (TextMessage(FULL),)
     print(f"taken over by a running worker {took_over_after_s:.2f} s after the kill")
     # Not before the dead worker's last heartbeat is worker_timeout_s old (a heartbeat can be
     # up to worker_timeout_s / 3 old at the kill), and within a couple of claim rounds after.
@@ -182,9 +188,10 @@ async def test_call_streaming_after_a_crash_reports_the_restart(cluster: Cluster
 
 
 async def test_a_slow_turn_of_a_live_worker_is_never_taken_over(cluster: Cluster) -> None:
-    await cluster.aworkers(2, "control:slow")
+    timeout_s = 1.5  # a worker silent for 1.5 s is dead; the turn lasts three times that
+    await cluster.aworkers(2, "control:slow", worker_timeout_s=timeout_s)
     async with cluster.mini_agents():
-        call = MiniAgent(alias="SLOW").initiate_call(seconds=WORKER_TIMEOUT_S * 3)
+        call = MiniAgent(alias="SLOW").initiate_call(seconds=timeout_s * 3)
         final = await call.reply_sequence()
     assert final == (TextMessage("thinking... done"),)
     assert len(await cluster.alist("started")) == 1
@@ -203,7 +210,7 @@ async def test_a_worker_restarted_under_the_same_name_takes_its_call_back_at_onc
         other = await cluster.aworker("control:streamer", name="worker.2", worker_timeout_s=long_timeout_s)
         restarted_at = time.monotonic()
         again = await cluster.aworker("control:streamer", name="worker.1", worker_timeout_s=long_timeout_s)
-        assert await reply == (TextMessage(FULL),)
+        assert await within(reply) == (TextMessage(FULL),)
         took_back_after_s = time.monotonic() - restarted_at
     print(f"taken back by the same name {took_back_after_s:.2f} s after the restart")
     assert took_back_after_s < 15 < long_timeout_s

@@ -10,6 +10,7 @@ delivered, and the worker goes on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
@@ -117,7 +118,7 @@ async def test_a_call_that_keeps_crashing_workers_is_dead_lettered(cluster: Clus
             assert await worker.await_exit() == exit_code, f"delivery {delivery}"
         survivor = await cluster.aworker(*targets, name="dyno.1")
         with pytest.raises(CallFailedError, match="delivered 4 times without finishing"):
-            await reply
+            await asyncio.wait_for(asyncio.ensure_future(reply), 60)
     assert len(await cluster.alist("started")) == 3
     dead = await cluster.adead_letters()
     assert len(dead) == 1
@@ -137,11 +138,11 @@ async def test_a_call_that_keeps_crashing_is_given_up_across_different_workers(c
         reply = MiniAgent(alias="CRASHER").trigger()
         workers = []
         for _ in range(3):
-            workers.append(await cluster.aworker("control:crasher"))
+            workers.append(await cluster.aworker("control:crasher", worker_timeout_s=1.5))
             assert await workers[-1].await_exit(30) == -signal.SIGKILL
-        workers.append(await cluster.aworker("control:crasher"))
+        workers.append(await cluster.aworker("control:crasher", worker_timeout_s=1.5))
         with pytest.raises(CallFailedError):
-            await reply
+            await asyncio.wait_for(asyncio.ensure_future(reply), 60)
     assert [int(pid) for pid in await cluster.alist("started")] == [worker.pid for worker in workers[:3]]
     assert workers[-1].is_running()
 
