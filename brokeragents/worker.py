@@ -126,7 +126,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Keyed by (alias, entry id): entry ids are per stream, two inboxes can have the same one.
+        self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._own_pending_read = False  # our pending entries from a previous life were re-read
         self._rotation = -1
         self.calls_served = 0
@@ -331,16 +332,17 @@ class Worker:
             # pending; it is taken over once this worker is gone.
             self._slots.release()
             return
-        if entry_id in self._in_flight:
+        key = (alias, entry_id)
+        if key in self._in_flight:
             # Delivered again while we serve it (its group was recreated): one run is enough.
             self._slots.release()
             return
         task = asyncio.create_task(self._aserve_entry(alias, entry_id, fields, retried=retried))
-        self._in_flight[entry_id] = task
-        task.add_done_callback(lambda _t: self._finish_slot(entry_id))
+        self._in_flight[key] = task
+        task.add_done_callback(lambda _t: self._finish_slot(key))
 
-    def _finish_slot(self, entry_id: str) -> None:
-        self._in_flight.pop(entry_id, None)
+    def _finish_slot(self, key: tuple[str, str]) -> None:
+        self._in_flight.pop(key, None)
         self._slots.release()
 
     # --- takeover ----------------------------------------------------------------------------------
@@ -396,7 +398,7 @@ class Worker:
         )
         for item in pending:
             entry_id = _text(item["message_id"])
-            if entry_id not in self._in_flight and await self._aclaim(alias, entry_id):
+            if (alias, entry_id) not in self._in_flight and await self._aclaim(alias, entry_id):
                 logger.warning("Serving again call entry %s, left pending by a failed attempt", entry_id)
 
     async def _aclaim(self, alias: str, entry_id: str) -> bool:
@@ -474,7 +476,8 @@ class Worker:
         redis = self._redis
         call_key = keys.call(request.call_id)
         reply_key = keys.call_reply(request.call_id)
-        if await redis.hget(call_key, "state") in (b"done", b"failed"):
+        state = await redis.hget(call_key, "state")
+        if state is not None and _text(state) in ("done", "failed"):
             # The reply is complete already; only the acknowledgement was lost.
             logger.info("Call %s finished before; acknowledging it without running it again", request.call_id)
             await self._aack(alias, entry_id)

@@ -24,9 +24,9 @@ import json
 import os
 import random
 import string
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -52,6 +52,7 @@ INBOX_CASES = 48
 LIMIT = 2_000  # max_message_bytes of the reading context
 READ_TIMEOUT_S = 10.0
 KEYS = Keys()
+T = TypeVar("T")
 
 GOOD = TextMessage("ab", role="assistant")
 Entry = dict[Any, Any]
@@ -85,7 +86,7 @@ class Garbage:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
 
-    def choice(self, options: list[Any]) -> Any:
+    def choice(self, options: Sequence[T]) -> T:
         return self.rng.choice(options)
 
     def binary(self) -> bytes:
@@ -134,19 +135,18 @@ class Garbage:
         return json.dumps(["x" * (LIMIT + self.rng.randrange(1, 5000))])
 
     def position(self, expected: int) -> str | bytes:
-        return self.choice(
-            [
-                str(expected + self.rng.randrange(1, 10**6)),  # a gap
-                "-1",
-                "1.5",
-                "",
-                "one",
-                "0x1",
-                " 1",
-                "9" * 30,  # over 20 bytes
-                self.binary(),
-            ]
-        )
+        options: list[str | bytes] = [
+            str(expected + self.rng.randrange(1, 10**6)),  # a gap
+            "-1",
+            "1.5",
+            "",
+            "one",
+            "0x1",
+            " 1",
+            "9" * 30,  # over 20 bytes
+            self.binary(),
+        ]
+        return self.choice(options)
 
     def forbidden_class(self, allowed: frozenset[str] = frozenset()) -> str:
         return str(self.choice([name for name in FORBIDDEN_CLASSES if name not in allowed]))
@@ -204,7 +204,7 @@ def corrupt_message_stream(garbage: Garbage) -> list[Entry]:
             lambda: entry.update(known_beforehand=json.dumps(garbage.wrong_object(ANY_FROZEN))),
         ]
     elif kind == "tokens":
-        bad_tokens = [1, None, True, [], {"class_": garbage.forbidden_class(TOKENS)}]
+        bad_tokens: list[Any] = [1, None, True, [], {"class_": garbage.forbidden_class(TOKENS)}]
         mutations += [
             lambda: entry.update(i=garbage.position(0)),
             lambda: entry.update(tokens=garbage.invalid_json()),
@@ -476,7 +476,9 @@ async def test_a_worker_dead_letters_random_garbage_and_keeps_serving(cluster: C
 
 
 async def _inbox_empty(cluster: Cluster, inbox: str) -> bool:
-    return await cluster.redis.xlen(inbox) == 0 and (await cluster.redis.xpending(inbox, "workers"))["pending"] == 0
+    return bool(
+        await cluster.redis.xlen(inbox) == 0 and (await cluster.redis.xpending(inbox, "workers"))["pending"] == 0
+    )
 
 
 async def _aitems(sequence: Any) -> list[Any]:

@@ -61,7 +61,8 @@ async def test_1000_concurrent_calls_through_one_worker(cluster: Cluster) -> Non
     inbox = cluster.keys.agent_inbox("ECHO")
 
     async def inbox_empty() -> bool:
-        return await cluster.redis.xlen(inbox) == 0 and (await cluster.redis.xpending(inbox, "workers"))["pending"] == 0
+        pending = (await cluster.redis.xpending(inbox, "workers"))["pending"]
+        return bool(await cluster.redis.xlen(inbox) == 0 and pending == 0)
 
     await wait_until(inbox_empty, 10, "every call to be acknowledged")
     assert int(info.get(b"concurrency", b"0")) == CONCURRENCY

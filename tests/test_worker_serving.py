@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
 
-from brokeragents import MiniAgent
+from brokeragents import MiniAgent, aopen_sequence_promise
+from brokeragents.keys import new_id
+from brokeragents.nodes import CallKwargs
 from helpers import wait_until
 from worker_fixtures import Cluster
 
@@ -140,8 +143,18 @@ async def test_reads_stay_bounded_with_several_agents_in_one_worker(cluster: Clu
 
         async def sample_pending() -> None:
             while not stop.is_set():
-                per_agent = [await cluster.apending(alias) for alias in ("BLOCKER", "ECHO")]
-                samples.append(sum(pending.get(worker.name, 0) for pending in per_agent))
+                pipe = cluster.redis.pipeline(transaction=True)  # one snapshot of both inboxes
+                for alias in ("BLOCKER", "ECHO"):
+                    pipe.xpending(cluster.keys.agent_inbox(alias), "workers")
+                per_agent = await pipe.execute()
+                samples.append(
+                    sum(
+                        int(consumer["pending"])
+                        for summary in per_agent
+                        for consumer in summary.get("consumers") or []
+                        if consumer["name"].decode() == worker.name
+                    )
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.005)
 
@@ -158,3 +171,20 @@ async def test_reads_stay_bounded_with_several_agents_in_one_worker(cluster: Clu
     assert blocker_texts == [[f"pid={worker.pid}"]] * 4
     assert max(samples) == 2, samples
     assert await cluster.redis.zscore(cluster.key("max_running"), "max") == 2
+
+
+async def test_entries_with_the_same_id_in_two_inboxes_are_both_served(cluster: Cluster) -> None:
+    """Entry ids are per stream: a worker serving two agents tells their entries apart."""
+    worker = await cluster.aworker("control:blocker", "echo_app:whoami", concurrency=2)
+    call_ids = {alias: new_id() for alias in ("BLOCKER", "WHOAMI")}
+    for alias, call_id in call_ids.items():
+        fields = {"call_id": call_id, "agent": alias, "kwargs": json.dumps(CallKwargs().serialize())}
+        await cluster.redis.xadd(cluster.keys.agent_inbox(alias), fields, id="1-1")  # the same id twice
+    async with cluster.mini_agents():
+        whoami = await aopen_sequence_promise(cluster.keys.call_reply(call_ids["WHOAMI"]))
+        assert [str(message) for message in await whoami] == [f"pid={worker.pid}"]
+        await cluster.redis.rpush(cluster.key("gate"), "go")
+        blocker = await aopen_sequence_promise(cluster.keys.call_reply(call_ids["BLOCKER"]))
+        assert [str(message) for message in await blocker] == [f"pid={worker.pid}"]
+    # Served on their first delivery, not as orphans found later by the claimer.
+    assert "left pending" not in worker.output()
