@@ -60,7 +60,15 @@ class ReplyRestartedError(BrokerAgentsError):
 
     It marks the restart for live consumers: what streamed before it belongs to an abandoned
     attempt. Awaiting the whole reply gives only the messages of the attempt that completed.
+
+    ``abandoned`` is ``None`` when the sequence it is raised in restarts as a whole; a number
+    when only a part of it restarts, the reply of a call flattened into it (an agent replying
+    with another agent's reply): the ``abandoned`` pieces just before it are dropped.
     """
+
+    def __init__(self, *args: object, abandoned: int | None = None) -> None:
+        super().__init__(*args)
+        self.abandoned = abandoned
 
 
 class CallFailedError(BrokerAgentsError):

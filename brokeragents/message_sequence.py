@@ -63,8 +63,12 @@ def freeze_message_input(item: Any) -> Any:
     raise TypeError(f"Unexpected message type: {type(item)}")
 
 
-async def flatten_message_input(item: Any) -> AsyncIterator[MessagePromise]:
-    """Expand one frozen item into the message promises it stands for, in order."""
+async def flatten_message_input(item: Any) -> AsyncIterator[Any]:
+    """Expand one frozen item into the message promises it stands for, in order.
+
+    The restart of a reply flattened into it (``ReplyRestartedError``) is yielded, not raised:
+    it is an error piece after which the sequence goes on.
+    """
     if isinstance(item, MessagePromise):
         yield item
     elif isinstance(item, tuple):
@@ -74,11 +78,29 @@ async def flatten_message_input(item: Any) -> AsyncIterator[MessagePromise]:
     elif isinstance(item, BaseException):
         raise item
     elif hasattr(item, "__aiter__"):
-        async for sub_item in item:
+        iterator = item.__aiter__()
+        kept = 0  # pieces of ``item`` yielded since its last restart, as an awaiting reader keeps them
+        while True:
+            try:
+                sub_item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except ReplyRestartedError as exc:
+                # A reply flattened into this sequence restarted (its call was taken over): the
+                # marker is a piece here too, scoped to what that reply contributed, and the
+                # reply's new attempt follows.
+                abandoned = kept if exc.abandoned is None else min(kept, exc.abandoned)
+                kept -= abandoned
+                yield ReplyRestartedError(*exc.args, abandoned=abandoned)
+                continue
             if not isinstance(sub_item, MessagePromise):
                 sub_item = freeze_message_input(sub_item)
             async for promise in flatten_message_input(sub_item):
                 yield promise
+                if isinstance(promise, ReplyRestartedError):
+                    kept -= min(kept, promise.abandoned or 0)
+                else:
+                    kept += 1
     else:
         raise TypeError(f"Unexpected message type: {type(item)}")
 
@@ -169,8 +191,13 @@ class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[Message, ...]
                 piece: MessagePromise | BaseException = await iterator.__anext__()
             except StopAsyncIteration:
                 break
-            except ReplyRestartedError:
-                collected.clear()  # the whole reply is the attempt that completed, alone
+            except ReplyRestartedError as exc:
+                # The whole reply is the attempt that completed, alone (or, for the reply of an
+                # inner call flattened into it, that part of it).
+                if exc.abandoned is None:
+                    collected.clear()
+                else:
+                    del collected[max(0, len(collected) - exc.abandoned) :]
                 index += 1
                 continue
             except Exception as exc:

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from brokeragents import tracing
+from brokeragents.errors import ReplyRestartedError
 from brokeragents.message_sequence import MessageSequencePromise
 from brokeragents.nodes import CallKwargs
 from brokeragents.promise import StreamedPromise
@@ -111,15 +112,27 @@ async def _adrain(sequence: StreamedPromise[Any, Any]) -> None:
 async def _aforward(reply: MessageSequencePromise, call: AgentCall) -> None:
     appender = call._reply.message_appender
     iterator = StreamedPromise.__aiter__(reply)
+    kept = 0  # pieces of the current attempt that an awaiting reader keeps so far
     while True:
         try:
             promise = await iterator.__anext__()
         except StopAsyncIteration:
             break
-        except Exception as exc:  # an agent error or a restart marker, at its position
+        except ReplyRestartedError as exc:
+            if exc.abandoned is None:
+                # The call restarted: what it forwarded so far is dropped, and only that (the
+                # local reply may be part of a bigger sequence, an outer agent's reply).
+                exc = ReplyRestartedError(*exc.args, abandoned=kept)
+                kept = 0
+            else:  # a call made by the remote agent restarted: its part is dropped
+                kept = max(0, kept - exc.abandoned)
             appender.append(exc)
+        except Exception as exc:  # an agent error, at its position
+            appender.append(exc)
+            kept += 1
         else:
             appender.append(promise)
+            kept += 1
     appender.close()
 
 

@@ -180,7 +180,13 @@ def _attempt(fields: wire.Fields) -> int:
 def _error_from(fields: wire.Fields, limit: int) -> BaseException:
     type_name = wire.require_field(fields, "error_type", max_bytes=_MAX_CLASS_NAME_BYTES) or "RemoteError"
     message = wire.field(fields, "error_message", max_bytes=limit, required=False) or ""
-    return wire.rebuild_error(type_name, message)
+    error = wire.rebuild_error(type_name, message)
+    abandoned = wire.field(fields, "abandoned", max_bytes=20, required=False)
+    if abandoned is not None and isinstance(error, ReplyRestartedError):
+        if not abandoned.isdigit():
+            raise WireFormatError(f"The abandoned count {abandoned!r} is not a number.")
+        error.abandoned = int(abandoned)
+    return error
 
 
 async def aload_message(key_or_hash: str, *, idle_timeout_s: float | None = 30.0) -> Message:

@@ -137,7 +137,8 @@ class _FlatStream(AsyncIterator[OUT]):
     async def _aflatten_into_queue(self, item: Any) -> None:
         try:
             async for out in self._sequence._flatten(item):
-                self._push(out)
+                # A flattener yields an exception for an error piece after which it goes on.
+                self._push(_Raise(out) if isinstance(out, BaseException) else out)
         except _CONTROL_FLOW:
             raise
         except BaseException as exc:

@@ -114,7 +114,11 @@ def decode_token(raw: Any) -> Token:
 def encode_error(exc: BaseException) -> dict[str, str]:
     # str(KeyError("k")) is "'k'": store the argument, so the rebuilt KeyError prints the same.
     text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
-    return {"kind": KIND_ERROR, "error_type": type(exc).__name__, "error_message": text[:_MAX_ERROR_TEXT]}
+    fields = {"kind": KIND_ERROR, "error_type": type(exc).__name__, "error_message": text[:_MAX_ERROR_TEXT]}
+    abandoned = getattr(exc, "abandoned", None) if isinstance(exc, _errors.ReplyRestartedError) else None
+    if abandoned is not None:
+        fields["abandoned"] = str(abandoned)  # a part of the sequence restarts (an inner call's)
+    return fields
 
 
 def rebuild_error(type_name: str, message: str) -> BaseException:

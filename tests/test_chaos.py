@@ -19,13 +19,11 @@ once, so no call is hit twice and none reaches ``max_deliveries``.
 It prints one line, ``CHAOS calls=N kills=K terms=T takeovers=X restarts=R failures=F``
 (takeovers: call hashes with ``attempt`` > 1).
 
-The chaos found that the retry of an inner call (B or C) cuts the outer reply: awaiting it drops
-everything before the inner call's restart marker, and the inner call's new attempt never reaches
-it. Until that is fixed, the test expects that failure (``xfail`` on exactly that kind of
-failure: any other one fails the test), and so does the focused, deterministic
-``test_a_retried_inner_call_keeps_the_outer_reply`` (strict: it fails once the bug is fixed, to
-have both markers removed). The last test pins another bug it led to
-(fixed): an attempt fenced off by a takeover marked the call done.
+The chaos found that the retry of an inner call (B or C) cut the outer reply: awaiting it dropped
+everything before the inner call's restart marker, and the inner call's new attempt never reached
+it. Restart markers now carry how many pieces they abandon (fixed);
+``test_a_retried_inner_call_keeps_the_outer_reply`` pins it deterministically. The last test pins
+another bug it led to (fixed): an attempt fenced off by a takeover marked the call done.
 """
 
 from __future__ import annotations
@@ -361,18 +359,12 @@ def _never_sent_by_an_abandoned_attempt(
     )
 
 
-class KnownNestedRestartBug(AssertionError):
-    """The only failures are calls whose inner call (B or C) was retried: see the report of issue 8."""
+class NestedRestartLostContent(AssertionError):
+    """Raised when a call lost content to a retried inner call (B or C)."""
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    raises=KnownNestedRestartBug,
-    strict=False,  # a run where no inner call happened to be retried passes
-    reason="a retried inner call (B or C) cuts the outer reply: the flattener stops at the restart "
-    "marker and awaiting the outer reply drops everything before it (issue 8 report)",
-)
 async def test_chaos_under_load(tmp_path: Path) -> None:
     server = FsyncAlwaysServer(appendonly=True)
     url = server.start()
@@ -459,15 +451,10 @@ async def _arun_chaos(cluster: Cluster, server: EmbeddedServer) -> None:
     assert chaos.kills + chaos.terms >= STRIKES // 2
     assert not unexplained, f"{len(unexplained)} call(s) with a wrong reply: {unexplained}"
     if failed:
-        raise KnownNestedRestartBug(f"{len(failed)} call(s) lost content to a retried inner call")
+        raise NestedRestartLostContent(f"{len(failed)} call(s) lost content to a retried inner call")
 
 
 @pytest.mark.parametrize("kill_at", ["mid", "after_last"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a retried inner call cuts the outer reply (the bug test_chaos_under_load finds; issue 8 report)",
-)
 async def test_a_retried_inner_call_keeps_the_outer_reply(cluster: Cluster, kill_at: str) -> None:
     """OUTER replies one message, then STREAMER's reply; STREAMER's first worker dies mid-reply."""
     await cluster.aworker("nesting:outer", cwd=APPS_DIR)
