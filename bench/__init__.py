@@ -1,0 +1,1 @@
+"""Benchmarks of brokeragents against the raw-Redis and MiniAgents baselines (see README.md)."""

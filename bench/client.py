@@ -319,6 +319,9 @@ async def _afinished_memory(url: str, messages: int, tokens: int, rate: float) -
         entries = [probe.xlen(p.redis_key) for p in sample]
         ttl = probe.ttl(sample[0].redis_key)
         string_usage = [_string_usage(probe, m) for m in finished[:50]]
+        probe.xadd("bench:one-entry", {"t": TOKEN})  # what any 1-entry stream costs on this server
+        one_entry = int(probe.memory_usage("bench:one-entry", samples=0) or 0)
+        probe.delete("bench:one-entry")
     probe.close()
     json_sizes = [len(json.dumps(m.serialize(), ensure_ascii=False, separators=(",", ":")).encode()) for m in finished]
     json_size = sum(json_sizes) / len(json_sizes)
@@ -331,6 +334,7 @@ async def _afinished_memory(url: str, messages: int, tokens: int, rate: float) -
         "hash_stream_memusage_B": sum(hash_usage) / len(hash_usage),
         "hash_only_x_json": sum(hash_usage) / len(hash_usage) / json_size,
         "as_string_memusage_B": sum(string_usage) / len(string_usage),
+        "one_entry_stream_memusage_B": float(one_entry),
         "entries_per_msg": sum(entries) / len(entries),
         "ttl_s": float(ttl),
     }

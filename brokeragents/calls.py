@@ -198,8 +198,17 @@ class AgentCall:
         if self._body_started:
             return
         self._body_started = True
+        if self._input is None:
+            # Served here for a caller in another process, which records the call and reply
+            # nodes itself (it has the input). Building them here would wait for the end of an
+            # input that a crashed caller never finishes, pinning the worker's tasks forever.
+            Promise(start_soon=True, resolver=self._aserve_body)
+            return
         self._call_node_promise = Promise(start_soon=True, resolver=self._arun_body)
         Promise(start_soon=True, resolver=self._abuild_reply_node)
+
+    async def _aserve_body(self, _promise: Any) -> None:
+        await self._arun_here()
 
     async def _arun_body(self, _promise: Any) -> AgentCallNode:
         from brokeragents import remote  # remote builds on this module

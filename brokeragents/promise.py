@@ -143,6 +143,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         self._streamer = streamer
         self._source: AsyncIterator[Any] | None = None
         self._pull_lock = asyncio.Lock()
+        self._driven = False
         if not isinstance(prefill_pieces, Sentinel):
             self._pieces.extend(prefill_pieces)
             self._stream_done = True
@@ -169,6 +170,9 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
 
     async def _adrive(self) -> None:
         """Pull every piece and resolve, for start_soon promises nobody may be consuming yet."""
+        if self._driven:
+            return  # one driver is enough; more would only contend for the pull lock
+        self._driven = True
         index = 0
         while await self._apiece_ready(index):
             index += 1

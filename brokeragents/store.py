@@ -41,6 +41,9 @@ _STORED_HASHES_MAX = 100_000
 
 
 CALLS_LOG_MAXLEN = 10_000
+FLUSH_INTERVAL_S = 0.001
+TTL_REFRESH_S = 60.0
+_TTL_TRACKED_MAX = 100_000
 
 
 class RedisUnavailableError(BrokerAgentsError, ConnectionError):
@@ -127,6 +130,8 @@ class StreamStore:
         # Next position per open stream: token index of a message, entry index of a sequence.
         self._positions: dict[str, int] = {}
         self._attempts: dict[str, str] = {}
+        # Replies of attempts handed back (a worker stopping): nothing more may be written to them.
+        self._abandoned: set[str] = set()
         # Message streams that got an error entry in place of an oversized token: nothing more.
         self._poisoned: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -134,6 +139,8 @@ class StreamStore:
         self._closing = False
         self._stored_hashes: dict[str, None] = {}  # insertion-ordered: the oldest is evicted
         self._flushed = asyncio.Event()
+        self._last_flush_s = 0.0
+        self._ttl_set_s: dict[str, float] = {}  # when each open stream's TTL was last set
         self._flushed.set()
         self._max_block_ms = _max_block_ms(client)
 
@@ -375,6 +382,8 @@ class StreamStore:
         self._attempts.pop(sequence_key, None)
 
     def _add_sequence_entry(self, sequence_key: str, fields: dict[str, str]) -> None:
+        if sequence_key in self._abandoned:
+            return
         index = self._positions.get(sequence_key, 0)
         self._positions[sequence_key] = index + 1
         fields["i"] = str(index)
@@ -382,6 +391,14 @@ class StreamStore:
         if attempt is not None:
             fields["a"] = attempt
         self._add(sequence_key, fields)
+
+    def abandon_sequence_attempt(self, sequence_key: str) -> None:
+        """Write nothing more to ``sequence_key`` from this process (its attempt was handed back).
+
+        A cancelled attempt must not end the reply: readers would take a cut attempt for a
+        complete one. The attempt that takes over writes the rest.
+        """
+        self._abandoned.add(sequence_key)
 
     def start_sequence_attempt(self, sequence_key: str, attempt: int) -> None:
         """Tag the entries this process writes to a call's reply with ``attempt``.
@@ -391,6 +408,7 @@ class StreamStore:
         """
         self._attempts[sequence_key] = str(attempt)
         self._positions.pop(sequence_key, None)
+        self._abandoned.discard(sequence_key)
         if attempt > 1:
             self._add(sequence_key, {"kind": wire.KIND_RESTART, "a": str(attempt)})
 
@@ -409,6 +427,12 @@ class StreamStore:
     async def _aflush_forever(self) -> None:
         while True:
             await self._wakeup.wait()
+            # While writes keep coming, gather them for a moment: one pipeline then carries many
+            # tokens. After a quiet spell the first write still goes out at once.
+            since_last_s = time.monotonic() - self._last_flush_s
+            if since_last_s < FLUSH_INTERVAL_S and not self._closing:
+                await asyncio.sleep(FLUSH_INTERVAL_S - since_last_s)
+            self._last_flush_s = time.monotonic()
             self._wakeup.clear()
             if self._pending:
                 try:
@@ -427,21 +451,32 @@ class StreamStore:
         self._last_tokens.clear()
         commands: list[tuple[str, str, Any]] = []
         expiring: dict[str, None] = {}
+        now_s = time.monotonic()
         for key, item in batch:
             if isinstance(item, _Tokens):
                 fields = {"kind": wire.KIND_TOKENS, "i": str(item.first_index), "tokens": item.json()}
                 commands.append(("xadd", key, (fields, None)))
-                expiring[key] = None
+                self._note_written(key, now_s, expiring)
             elif isinstance(item, _Entry):
                 commands.append(("xadd", key, (item.fields, item.maxlen)))
-                expiring[key] = None
+                self._note_written(key, now_s, expiring)
             elif isinstance(item, _HashFields):
                 commands.append(("hset", key, item.fields))
-            else:
+            else:  # a stream or hash that is finished: its TTL starts now, always
                 expiring[key] = None
+                self._ttl_set_s.pop(key, None)
         if self._ttl_s is not None:
             commands.extend(("expire", key, self._ttl_s) for key in expiring)
         return commands
+
+    def _note_written(self, key: str, now_s: float, expiring: dict[str, None]) -> None:
+        # A stream gets its TTL when first written, so it expires even if its producer dies;
+        # refreshing it on every batch would double the commands, so it is refreshed now and then.
+        if now_s - self._ttl_set_s.get(key, -TTL_REFRESH_S) >= TTL_REFRESH_S:
+            expiring[key] = None
+            if len(self._ttl_set_s) >= _TTL_TRACKED_MAX:
+                self._ttl_set_s.clear()  # the worst case is a few extra EXPIREs
+            self._ttl_set_s[key] = now_s
 
     async def _aflush_batch(self) -> None:
         commands = self._take_batch()

@@ -182,7 +182,9 @@ class Worker:
             if pending:
                 logger.warning("Leaving %d call(s) pending for takeover", len(pending))
                 await _acancel(list(pending))
-                await _acancel(list(self._mini_agents.child_tasks))
+        # What is left belongs to calls that are over (acknowledged or left for takeover), e.g.
+        # a tail on the input of a call whose caller died: it must not keep the process alive.
+        await _acancel(list(self._mini_agents.child_tasks))
         await _acancel(loops)
         try:
             await self._registry.aderegister(self.name, list(self.agents))
@@ -508,8 +510,12 @@ class Worker:
             call_id=request.call_id,
             served_input=input_promise,
         )
-        # Complete means every message of the reply is whole, not only the sequence ended.
-        await _adrain_whole(call.reply_sequence())
+        try:
+            # Complete means every message of the reply is whole, not only the sequence ended.
+            await _adrain_whole(call.reply_sequence())
+        except asyncio.CancelledError:
+            store.abandon_sequence_attempt(reply_key)  # handed back: the next attempt ends it
+            raise
         if await self._astill_owner(call_key, attempt):
             store.write_hash(call_key, {"state": "done", "finished_ms": str(now_ms())}, finished=True)
             await store.aflush()

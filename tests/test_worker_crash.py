@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from brokeragents import MiniAgent, TextMessage
-from brokeragents.errors import ReplyRestartedError
 from helpers import wait_until
-from worker_fixtures import WORKER_TIMEOUT_S, Cluster, WorkerProc
+from worker_fixtures import WORKER_TIMEOUT_S, Cluster, WorkerProc, consume_live
 
 pytest_plugins = ("worker_fixtures",)
 pytestmark = pytest.mark.real_redis
@@ -38,28 +37,6 @@ CUT_AT = {"before_first": None, "mid": "tok0 tok1 tok2 ", "after_last": FULL}
 async def within(awaitable: Any, timeout_s: float = 60.0) -> Any:
     """Await ``awaitable``, failing the test instead of hanging if a regression loses the reply."""
     return await asyncio.wait_for(asyncio.ensure_future(awaitable), timeout_s)
-
-
-async def consume_live(reply: Any) -> list[tuple[str, str]]:
-    """What a consumer iterating the reply sees: whole messages, cut messages and restarts."""
-    events: list[tuple[str, str]] = []
-    iterator = reply.__aiter__()
-    while True:
-        try:
-            message_promise = await iterator.__anext__()
-        except StopAsyncIteration:
-            return events
-        except ReplyRestartedError:
-            events.append(("restart", ""))
-            continue
-        tokens: list[str] = []
-        try:
-            async for token in message_promise:
-                tokens.append(str(token))
-        except ReplyRestartedError:
-            events.append(("cut", "".join(tokens)))
-        else:
-            events.append(("message", "".join(tokens)))
 
 
 def expected_live_view(kill_at: str) -> list[tuple[str, str]]:

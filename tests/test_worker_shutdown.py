@@ -7,13 +7,16 @@ with code 0.
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
 
 from brokeragents import MiniAgent, TextMessage
+from brokeragents.keys import new_id
+from brokeragents.nodes import CallKwargs
 from helpers import wait_until
-from worker_fixtures import Cluster, WorkerProc
+from worker_fixtures import Cluster, WorkerProc, consume_live
 
 pytest_plugins = ("worker_fixtures",)
 pytestmark = pytest.mark.real_redis
@@ -74,6 +77,8 @@ async def test_a_call_that_cannot_finish_is_left_pending_and_taken_over(cluster:
         await wait_until(lambda: _started(cluster, 2), 10, "the takeover")
         await cluster.redis.rpush(cluster.key("gate"), "go")
         assert await reply == (TextMessage(FULL),)
+        # The handed-back attempt did not end the reply: a consumer sees it cut, then the restart.
+        assert await consume_live(reply) == [("cut", "tok0 "), ("restart", ""), ("message", FULL)]
     runs = await cluster.alist("started")
     assert runs == [f"{stopping.pid}:1", f"{survivor.pid}:2"]
     assert (await cluster.acall_hash(call.call_id))["state"] == "done"
@@ -85,6 +90,24 @@ async def test_sigterm_on_an_idle_worker_exits_0_at_once(cluster: Cluster) -> No
     worker.send(signal.SIGTERM)
     assert await worker.await_exit(10) == 0  # far less than the grace period
     assert await cluster.redis.zscore(cluster.keys.workers(), worker.name) is None
+
+
+async def test_a_call_whose_caller_vanished_does_not_keep_the_worker_alive(cluster: Cluster) -> None:
+    """A call whose input never ends (its caller died before finishing it) is handed back at
+    the end of the grace period; the worker still exits 0."""
+    worker = await cluster.aworker("echo_app:echo", shutdown_grace_s=0.5)
+    call_id = new_id()
+    fields = {"call_id": call_id, "agent": "ECHO", "kwargs": json.dumps(CallKwargs().serialize())}
+    await cluster.redis.xadd(cluster.keys.agent_inbox("ECHO"), fields)  # no input stream, ever
+    await wait_until(lambda: _running(cluster, call_id), 10, "the call to start")
+    worker.send(signal.SIGTERM)
+    assert await worker.await_exit(15) == 0
+    assert "Leaving 1 call(s) pending for takeover" in worker.output()
+    assert await cluster.apending("ECHO") == {worker.name: 1}
+
+
+async def _running(cluster: Cluster, call_id: str) -> bool:
+    return (await cluster.acall_hash(call_id)).get("state") == "running"
 
 
 async def _started(cluster: Cluster, count: int) -> bool:

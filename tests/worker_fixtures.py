@@ -33,6 +33,7 @@ import redis.asyncio
 
 from brokeragents import MiniAgents
 from brokeragents._embedded import _die_with_parent
+from brokeragents.errors import ReplyRestartedError
 from brokeragents.keys import Keys
 from helpers import wait_until
 
@@ -276,6 +277,29 @@ class Cluster:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+async def consume_live(reply: Any) -> list[tuple[str, str]]:
+    """What a consumer iterating the reply sees: whole messages, cut messages and restarts."""
+    events: list[tuple[str, str]] = []
+    iterator = reply.__aiter__()
+    while True:
+        try:
+            message_promise = await iterator.__anext__()
+        except StopAsyncIteration:
+            return events
+        except ReplyRestartedError:
+            events.append(("restart", ""))
+            continue
+        tokens: list[str] = []
+        try:
+            async for token in message_promise:
+                tokens.append(str(token))
+        except ReplyRestartedError:
+            events.append(("cut", "".join(tokens)))
+        else:
+            events.append(("message", "".join(tokens)))
+
 
 
 @contextlib.asynccontextmanager
