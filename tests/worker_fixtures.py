@@ -196,10 +196,13 @@ class Cluster:
         """Wait until ``proc`` heartbeated (its hash in the registry carries its pid)."""
 
         async def registered() -> bool:
-            if not proc.is_running():
-                raise AssertionError(f"{proc.label} exited with {proc.returncode}:\n{proc.output()}")
+            running = proc.is_running()  # checked first: it may register, then die at once
             pid = await self.redis.hget(self.keys.worker(proc.name), "pid")
-            return pid is not None and int(pid) == proc.pid
+            if pid is not None and int(pid) == proc.pid:
+                return True
+            if not running:
+                raise AssertionError(f"{proc.label} exited with {proc.returncode}:\n{proc.output()}")
+            return False
 
         await wait_until(registered, timeout_s, f"{proc.label} to register")
 
@@ -226,9 +229,25 @@ class Cluster:
         self._cli_processes.append(process)
         return process
 
-    def mini_agents(self, **kwargs: Any) -> MiniAgents:
-        """A caller context on this cluster's Redis and prefix."""
-        return MiniAgents(redis_url=self.redis_url, key_prefix=self.prefix, **kwargs)
+    @contextlib.asynccontextmanager
+    async def mini_agents(self, **kwargs: Any) -> AsyncIterator[MiniAgents]:
+        """A caller context on this cluster's Redis and prefix.
+
+        When the test fails inside it, calls still waiting for a reply are cancelled, so the
+        failure is reported instead of the context waiting for replies that will never come.
+        """
+        context = MiniAgents(redis_url=self.redis_url, key_prefix=self.prefix, **kwargs)
+        await context.__aenter__()
+        try:
+            yield context
+        except BaseException:
+            context.top_level_calls.clear()
+            for task in list(context.child_tasks):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(context.afinalize(), STOP_TIMEOUT_S)
+            raise
+        await context.__aexit__(None, None, None)
 
     # --- Redis views ---------------------------------------------------------------------------------
 
