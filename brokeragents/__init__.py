@@ -17,12 +17,14 @@ from brokeragents.context import PromisingContext as PromisingContext
 from brokeragents.errors import AppenderClosedError as AppenderClosedError
 from brokeragents.errors import AppenderNotOpenError as AppenderNotOpenError
 from brokeragents.errors import BrokerAgentsError as BrokerAgentsError
+from brokeragents.errors import CallFailedError as CallFailedError
 from brokeragents.errors import FunctionNotProvidedError as FunctionNotProvidedError
 from brokeragents.errors import MessageTooLargeError as MessageTooLargeError
 from brokeragents.errors import NoActiveContextError as NoActiveContextError
 from brokeragents.errors import PromisingContextError as PromisingContextError
 from brokeragents.errors import PromisingError as PromisingError
 from brokeragents.errors import RemoteError as RemoteError
+from brokeragents.errors import ReplyRestartedError as ReplyRestartedError
 from brokeragents.errors import UnknownMessageClassError as UnknownMessageClassError
 from brokeragents.errors import WireFormatError as WireFormatError
 from brokeragents.errors import WrongActiveContextError as WrongActiveContextError
@@ -80,6 +82,7 @@ __all__ = (
     "AppenderClosedError",
     "AppenderNotOpenError",
     "BrokerAgentsError",
+    "CallFailedError",
     "ErrorMessage",
     "FlatSequence",
     "Frozen",
@@ -107,6 +110,7 @@ __all__ = (
     "PromisingContextError",
     "PromisingError",
     "RemoteError",
+    "ReplyRestartedError",
     "Sentinel",
     "SequenceFlattener",
     "SingleMessageType",

@@ -253,6 +253,22 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         """Hook: called once when the streamer is exhausted."""
 
 
+async def apieces_and_errors(promise: StreamedPromise[PIECE, Any]) -> AsyncIterator[PIECE | Exception]:
+    """Every piece of ``promise`` in order; an error piece is yielded as its exception, not raised.
+
+    A stream goes on after an error piece (B4), so readers that must see all of it (forwarding,
+    draining, tailing) iterate with this instead of stopping at the first error.
+    """
+    iterator = StreamedPromise.__aiter__(promise)
+    while True:
+        try:
+            yield await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            yield exc
+
+
 class _ReplayIterator(AsyncIterator[PIECE]):
     """An independent cursor over a StreamedPromise's pieces, starting at piece 0."""
 
@@ -277,4 +293,4 @@ class _ReplayIterator(AsyncIterator[PIECE]):
         return cast("PIECE", piece)
 
 
-__all__ = ("Promise", "PromiseResolver", "PromiseStreamer", "StreamedPromise")
+__all__ = ("Promise", "PromiseResolver", "PromiseStreamer", "StreamedPromise", "apieces_and_errors")

@@ -21,7 +21,7 @@ from brokeragents import tracing
 from brokeragents.errors import ReplyRestartedError
 from brokeragents.message_sequence import MessageSequencePromise
 from brokeragents.nodes import CallKwargs
-from brokeragents.promise import StreamedPromise
+from brokeragents.promise import StreamedPromise, apieces_and_errors
 from brokeragents.registry import Registry
 from brokeragents.replay import aopen_sequence_promise
 
@@ -99,40 +99,25 @@ async def _asend_request(redis: Any, inbox: str, fields: dict[str, str]) -> None
 
 async def _adrain(sequence: StreamedPromise[Any, Any]) -> None:
     # Pulling the input mirrors each entry to the call's input stream (errors included).
-    iterator = StreamedPromise.__aiter__(sequence)
-    while True:
-        try:
-            await iterator.__anext__()
-        except StopAsyncIteration:
-            return
-        except Exception:  # an error entry was mirrored at its position; keep going
-            continue
+    async for _piece in apieces_and_errors(sequence):
+        pass  # an error piece was mirrored at its position too
 
 
 async def _aforward(reply: MessageSequencePromise, call: AgentCall) -> None:
     appender = call._reply.message_appender
-    iterator = StreamedPromise.__aiter__(reply)
     kept = 0  # pieces of the current attempt that an awaiting reader keeps so far
-    while True:
-        try:
-            promise = await iterator.__anext__()
-        except StopAsyncIteration:
-            break
-        except ReplyRestartedError as exc:
-            if exc.abandoned is None:
+    async for piece in apieces_and_errors(reply):
+        if isinstance(piece, ReplyRestartedError):
+            if piece.abandoned is None:
                 # The call restarted: what it forwarded so far is dropped, and only that (the
                 # local reply may be part of a bigger sequence, an outer agent's reply).
-                exc = ReplyRestartedError(*exc.args, abandoned=kept)
+                piece = ReplyRestartedError(*piece.args, abandoned=kept)
                 kept = 0
             else:  # a call made by the remote agent restarted: its part is dropped
-                kept = max(0, kept - exc.abandoned)
-            appender.append(exc)
-        except Exception as exc:  # an agent error, at its position
-            appender.append(exc)
+                kept = max(0, kept - piece.abandoned)
+        else:  # a message, or an agent error at its position
             kept += 1
-        else:
-            appender.append(promise)
-            kept += 1
+        appender.append(piece)
     appender.close()
 
 

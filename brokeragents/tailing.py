@@ -18,7 +18,7 @@ from brokeragents import wire
 from brokeragents._ops import EXIT_OK, EXIT_UNREACHABLE, aconnected_store, text, write_json
 from brokeragents._tail_text import TextRenderer
 from brokeragents.errors import ReplyRestartedError, WireFormatError
-from brokeragents.promise import StreamedPromise
+from brokeragents.promise import apieces_and_errors
 from brokeragents.replay import StreamTail, aopen_sequence_promise
 from brokeragents.store import RedisUnavailableError, StreamStore
 from brokeragents.urls import redact_url, scrub
@@ -80,19 +80,14 @@ class CallTail:
     async def _afollow(self, call_id: str, agent: str) -> None:
         base = {"call_id": call_id, "agent": agent}
         reply = await aopen_sequence_promise(self._store.keys.call_reply(call_id), block_ms=_BLOCK_MS)
-        iterator = StreamedPromise.__aiter__(reply)
         index = messages = errors = 0
-        while True:
-            try:
-                promise = await iterator.__anext__()
-            except StopAsyncIteration:
-                break
-            except ReplyRestartedError as exc:
-                self._emit({"event": "restart", **base, "reason": str(exc)})
+        async for promise in apieces_and_errors(reply):
+            if isinstance(promise, ReplyRestartedError):
+                self._emit({"event": "restart", **base, "reason": str(promise)})
                 continue
-            except Exception as exc:
+            if isinstance(promise, Exception):
                 errors += 1
-                self._emit({"event": "error", **base, "index": index, "scope": "reply", **_error(exc)})
+                self._emit({"event": "error", **base, "index": index, "scope": "reply", **_error(promise)})
                 index += 1
                 continue
             errors += await self._afollow_message(base, index, promise)

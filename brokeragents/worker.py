@@ -33,7 +33,7 @@ from brokeragents.frozen import Frozen
 from brokeragents.keys import WORKER_GROUP
 from brokeragents.metrics import WorkerMetrics, areply_stats
 from brokeragents.nodes import CallKwargs
-from brokeragents.promise import StreamedPromise
+from brokeragents.promise import StreamedPromise, apieces_and_errors
 from brokeragents.registry import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_WORKER_TIMEOUT_S, Registry, now_ms
 from brokeragents.replay import aopen_sequence_promise
 from brokeragents.runtime import MiniAgents
@@ -656,14 +656,9 @@ def _loader(store: StreamStore) -> Any:
 
 async def _adrain_whole(sequence: StreamedPromise[Any, Any]) -> None:
     """Pull every piece of a reply and wait until each of its messages is whole."""
-    iterator = StreamedPromise.__aiter__(sequence)
-    while True:
-        try:
-            piece = await iterator.__anext__()
-        except StopAsyncIteration:
-            return
-        except Exception:  # the agent's error is in the reply stream already
-            continue
+    async for piece in apieces_and_errors(sequence):
+        if isinstance(piece, Exception):
+            continue  # the agent's error is in the reply stream already
         with contextlib.suppress(Exception):  # a message's error is in its stream already
             await piece
 

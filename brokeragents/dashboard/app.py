@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from brokeragents.errors import ReplyRestartedError
+from brokeragents.promise import apieces_and_errors
 from brokeragents.registry import Registry
 from brokeragents.replay import aopen_sequence_promise
 from brokeragents.runtime import MiniAgents
@@ -177,18 +178,13 @@ async def _apump_reply(reply_key: str, events: asyncio.Queue[tuple[str, dict[str
     put = events.put_nowait
     try:
         reply = await aopen_sequence_promise(reply_key)
-        iterator = reply.__aiter__()
         index = 0
-        while True:
-            try:
-                promise = await iterator.__anext__()
-            except StopAsyncIteration:
-                break
-            except ReplyRestartedError as exc:
-                put(("restart", {"message": str(exc)}))
+        async for promise in apieces_and_errors(reply):
+            if isinstance(promise, ReplyRestartedError):
+                put(("restart", {"message": str(promise)}))
                 continue
-            except Exception as exc:  # an agent error at its position: the reply goes on
-                put(("failure", _error(exc)))
+            if isinstance(promise, Exception):  # an agent error at its position: the reply goes on
+                put(("failure", _error(promise)))
                 continue
             put(("message", {"index": index}))
             try:
