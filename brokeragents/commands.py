@@ -113,7 +113,7 @@ async def acall(
         try:
             if as_json:
                 for message in await reply:
-                    out.write(json.dumps({**message.serialize(), "hash_key": message.hash_key}, ensure_ascii=False))
+                    out.write(message_json(message))
                     out.write("\n")
             else:
                 await _astream(reply, out, err)

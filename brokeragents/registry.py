@@ -14,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from brokeragents.keys import Keys
+from brokeragents.wire import as_text
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 DEFAULT_WORKER_TIMEOUT_S = 10.0
@@ -98,12 +99,9 @@ class Registry:
         entries = await self.redis.zrange(self.keys.workers(), 0, -1, withscores=True)
         workers = []
         for raw_name, score in entries:
-            name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            name = as_text(raw_name)
             raw_fields = await self.redis.hgetall(self.keys.worker(name))
-            fields = {
-                (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
-                for k, v in raw_fields.items()
-            }
+            fields = {as_text(k): as_text(v) for k, v in raw_fields.items()}
             workers.append(WorkerInfo(name, (now_ms() - score) / 1000, fields))
         return workers
 
@@ -111,7 +109,7 @@ class Registry:
         """Every agent alias ever served, with the age in seconds of its freshest heartbeat."""
         entries = await self.redis.zrange(self.keys.agents(), 0, -1, withscores=True)
         return [
-            (raw.decode() if isinstance(raw, bytes) else str(raw), (now_ms() - score) / 1000)
+            (as_text(raw), (now_ms() - score) / 1000)
             for raw, score in entries
         ]
 

@@ -132,7 +132,7 @@ class StreamTail:
                 raise WireFormatError(f"The stream {self.key} does not exist (expired or never written).")
             self._buffer.extend(page)
         entry_id, fields = self._buffer.popleft()
-        self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        self.last_id = wire.as_text(entry_id)
         return fields
 
     async def _aread_page(self, started: float) -> list[Entry]:

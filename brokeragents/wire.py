@@ -111,6 +111,11 @@ def decode_token(raw: Any) -> Token:
     raise WireFormatError(f"A token must be a string or an object, got {type(raw).__name__}.")
 
 
+def as_text(raw: Any) -> str:
+    """A Redis reply value as text (bytes from a RESP2 client, str from a decoding one)."""
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
 def encode_error(exc: BaseException) -> dict[str, str]:
     # str(KeyError("k")) is "'k'": store the argument, so the rebuilt KeyError prints the same.
     text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
@@ -295,6 +300,7 @@ __all__ = (
     "KIND_TOKENS",
     "Fields",
     "abuild_message",
+    "as_text",
     "build_frozen",
     "decode_token",
     "encode_error",

@@ -322,7 +322,7 @@ class Worker:
             block=block_ms,
         )
         return [
-            (inboxes[_text(stream)], _text(entry_id), fields)
+            (inboxes[wire.as_text(stream)], wire.as_text(entry_id), fields)
             for stream, stream_entries in reply or []
             for entry_id, fields in stream_entries
         ]
@@ -381,13 +381,13 @@ class Worker:
         inbox = self._inbox(alias)
         summary = await redis.xpending(inbox, WORKER_GROUP)
         for consumer in summary.get("consumers") or []:
-            owner = _text(consumer["name"])
+            owner = wire.as_text(consumer["name"])
             if owner == self.name or await self._registry.ais_alive(owner, [alias]):
                 continue
             pending = await redis.xpending_range(inbox, WORKER_GROUP, min="-", max="+", count=100, consumername=owner)
             for item in pending:
-                if await self._aclaim(alias, _text(item["message_id"])):
-                    logger.info("Took over call entry %s of dead worker %s", _text(item["message_id"]), owner)
+                if await self._aclaim(alias, wire.as_text(item["message_id"])):
+                    logger.info("Took over call entry %s of dead worker %s", wire.as_text(item["message_id"]), owner)
                     self.metrics.takeover(alias)
 
     async def _aretry_own_orphans(self, alias: str) -> None:
@@ -399,7 +399,7 @@ class Worker:
             idle=_ORPHAN_IDLE_MS,
         )
         for item in pending:
-            entry_id = _text(item["message_id"])
+            entry_id = wire.as_text(item["message_id"])
             if (alias, entry_id) not in self._in_flight and await self._aclaim(alias, entry_id):
                 logger.warning("Serving again call entry %s, left pending by a failed attempt", entry_id)
 
@@ -418,7 +418,7 @@ class Worker:
             self._release_slots(1)  # another worker claimed it first, or it was deleted
             return False
         claimed_id, fields = claimed[0]
-        self._start_serving(alias, _text(claimed_id), fields, retried=True)
+        self._start_serving(alias, wire.as_text(claimed_id), fields, retried=True)
         return True
 
     async def _aprune_dead_workers(self) -> None:
@@ -435,7 +435,7 @@ class Worker:
             except ResponseError:
                 continue  # no group (yet): the reader recreates it
             for consumer in consumers:
-                owner = _text(consumer["name"])
+                owner = wire.as_text(consumer["name"])
                 if (
                     owner != self.name
                     and int(consumer.get("pending", 1)) == 0
@@ -479,7 +479,7 @@ class Worker:
         call_key = keys.call(request.call_id)
         reply_key = keys.call_reply(request.call_id)
         state = await redis.hget(call_key, "state")
-        if state is not None and _text(state) in ("done", "failed"):
+        if state is not None and wire.as_text(state) in ("done", "failed"):
             # The reply is complete already; only the acknowledgement was lost.
             logger.info("Call %s finished before; acknowledging it without running it again", request.call_id)
             await self._aack(alias, entry_id)
@@ -612,10 +612,6 @@ class Worker:
                 await self._aheartbeat_once()
             except (RedisError, OSError) as exc:
                 logger.warning("Heartbeat failed: %s", exc)
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _describe(fields: dict[Any, Any]) -> str:

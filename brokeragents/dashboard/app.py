@@ -28,6 +28,7 @@ from brokeragents.registry import Registry
 from brokeragents.replay import aopen_sequence_promise
 from brokeragents.runtime import MiniAgents
 from brokeragents.store import StreamStore
+from brokeragents.wire import as_text
 
 logger = logging.getLogger("brokeragents.dashboard")
 
@@ -118,7 +119,7 @@ class Dashboard:
              "alive": worker.heartbeat_age_s < self.worker_timeout_s}
             for worker in await registry.aworkers()
         ]  # fmt: skip
-        logged = [(_text(entry_id), _texts(fields)) for entry_id, fields in
+        logged = [(as_text(entry_id), _texts(fields)) for entry_id, fields in
                   await redis.xrevrange(keys.calls_log(), count=self.max_calls)]  # fmt: skip
         calls = []
         if logged:
@@ -212,12 +213,8 @@ def _call_id(request: web.Request) -> str:
     return call_id
 
 
-def _text(raw: Any) -> str:
-    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-
-
 def _texts(fields: dict[Any, Any] | None) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in (fields or {}).items()}
+    return {as_text(key): as_text(value) for key, value in (fields or {}).items()}
 
 
 def run_dashboard(
